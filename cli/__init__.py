@@ -1,0 +1,1 @@
+"""The `cnflow` command line: thin click wrappers over cnflow's plain functions."""

@@ -1,0 +1,1 @@
+"""Experiments that reproduce the paper's tables and figures; the CLI wraps these functions."""
