@@ -60,6 +60,16 @@ def write_json(obj: Any, path: str | os.PathLike) -> None:
     _atomic_write(Path(path), lambda handle: handle.write(text.encode()))
 
 
+def write_bytes(data: bytes, path: str | os.PathLike) -> None:
+    """Write a binary file, atomically."""
+    _atomic_write(Path(path), lambda handle: handle.write(data))
+
+
+def write_text(text: str, path: str | os.PathLike) -> None:
+    """Write a text file (a report, a CSV), atomically."""
+    write_bytes(text.encode(), path)
+
+
 def environment() -> dict[str, str]:
     """Versions and hardware that a metrics file should record."""
     import numpy

@@ -1,0 +1,200 @@
+"""CNF: exact log-density against brute-force change of variables, trace estimators, contract."""
+
+from __future__ import annotations
+
+import io
+import math
+
+import pytest
+import torch
+
+from cnflow.flows.base import standard_normal_log_prob
+from cnflow.flows.cnf import CNF, ConcatSquashMLP, GatedHyperDynamics
+
+F64 = torch.float64
+
+
+def _randomize(module: torch.nn.Module, std: float = 0.5, seed: int = 0) -> None:
+    """Move away from the identity initialisation so every term of the field matters."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn(p.shape, generator=generator) * std)
+
+
+def _flow(kind: str, **kwargs) -> CNF:
+    dynamics = GatedHyperDynamics(2, width=8, hidden=8) if kind == "gated" else \
+        ConcatSquashMLP(2, hidden=(16, 16))
+    _randomize(dynamics, 0.4 if kind == "gated" else 0.3)
+    flow = CNF(dynamics, 2, eval_rtol=1e-9, eval_atol=1e-9, **kwargs).double()
+    with torch.no_grad():
+        flow.shift.copy_(torch.tensor([0.3, -0.2]))
+        flow.log_scale.copy_(torch.tensor([0.2, -0.1]))
+    return flow.eval()
+
+
+@pytest.mark.parametrize("kind", ["gated", "mlp"])
+def test_log_prob_matches_brute_force_change_of_variables(kind):
+    flow = _flow(kind, gradient="direct")  # the Jacobian by plain backpropagation
+    x = torch.randn(4, 2, dtype=F64) * 1.5
+    log_p = flow.log_prob(x)
+    for xi, lp in zip(x, log_p):
+        jacobian = torch.autograd.functional.jacobian(lambda v: flow.to_base(v[None])[0][0], xi)
+        z = flow.to_base(xi[None])[0][0]
+        expected = standard_normal_log_prob(z) + torch.linalg.slogdet(jacobian)[1]
+        assert lp.item() == pytest.approx(expected.item(), abs=1e-6)
+
+
+def test_density_integrates_to_one():
+    flow = _flow("gated")
+    grid = torch.linspace(-7, 7, 141, dtype=F64)
+    gx, gy = torch.meshgrid(grid, grid, indexing="xy")
+    points = torch.stack([gx.reshape(-1), gy.reshape(-1)], 1)
+    with torch.no_grad():
+        density = flow.log_prob(points, rtol=1e-6, atol=1e-6).exp()
+    mass = density.sum().item() * (grid[1] - grid[0]).item() ** 2
+    assert mass == pytest.approx(1.0, abs=1e-3)
+
+
+def test_closed_form_trace_equals_autograd_trace():
+    dynamics = GatedHyperDynamics(3, width=16, hidden=8).double()
+    _randomize(dynamics)
+    z = torch.randn(10, 3, dtype=F64, requires_grad=True)
+    for t in (0.0, 0.4, 1.0):
+        f, trace = dynamics.forward_with_trace(torch.tensor(t, dtype=F64), z)
+        assert torch.allclose(f, dynamics(torch.tensor(t, dtype=F64), z))
+        auto = sum(torch.autograd.grad(f[:, i].sum(), z, retain_graph=True)[0][:, i]
+                   for i in range(3))
+        assert torch.allclose(trace, auto, atol=1e-12)
+
+
+@pytest.mark.parametrize("noise", ["rademacher", "gaussian"])
+def test_hutchinson_estimator_is_unbiased(noise):
+    flow = CNF(ConcatSquashMLP(3, hidden=(16,)), 3, trace="hutchinson", noise=noise).double()
+    _randomize(flow.dynamics)
+    field = flow.field
+    z = torch.randn(1, 3, dtype=F64).repeat(20000, 1)  # one point, many independent draws
+    field.trace = "hutchinson"
+    flow.train()
+    flow._configure(z)
+    t = torch.tensor(0.5, dtype=F64)
+    estimates = -field(t, z)[:, 3]
+    field.trace = "exact"
+    exact = -field(t, z[:1])[0, 3]
+    stderr = estimates.std() / math.sqrt(len(estimates))
+    assert abs(estimates.mean() - exact) < 4 * stderr
+
+
+def test_samples_log_prob_consistency_and_round_trip():
+    flow = _flow("gated")
+    torch.manual_seed(3)
+    x, log_p = flow.sample_and_log_prob((2, 3))
+    assert x.shape == (2, 3, 2) and log_p.shape == (2, 3)
+    assert torch.allclose(flow.log_prob(x), log_p, atol=1e-7)
+    z, _ = flow.to_base(x.reshape(-1, 2))
+    back, _ = flow.from_base(z)
+    assert torch.allclose(back, x.reshape(-1, 2), atol=1e-7)
+    assert flow.sample(5).shape == (5, 2) and not flow.sample(5).requires_grad
+
+
+def test_default_eval_tolerance_error_is_below_1e_4_nats():
+    dynamics = GatedHyperDynamics(2, width=64, hidden=32)
+    _randomize(dynamics, 0.15)
+    flow = CNF(dynamics, 2).double().eval()  # library defaults
+    x = torch.randn(64, 2, dtype=F64) * 2
+    with torch.no_grad():
+        default = flow.log_prob(x)
+        tight = flow.log_prob(x, rtol=1e-11, atol=1e-11)
+    assert (default - tight).abs().max() < 1e-4
+
+
+def test_save_load_gives_identical_log_prob():
+    flow = _flow("gated")
+    buffer = io.BytesIO()
+    torch.save(flow.state_dict(), buffer)
+    buffer.seek(0)
+    other = CNF(GatedHyperDynamics(2, width=8, hidden=8), 2, eval_rtol=1e-9,
+                eval_atol=1e-9).double().eval()
+    other.load_state_dict(torch.load(buffer, weights_only=True))
+    x = torch.randn(6, 2, dtype=F64)
+    assert torch.equal(flow.log_prob(x), other.log_prob(x))
+
+
+@pytest.mark.parametrize("gradient", ["adjoint", "direct", "checkpoint"])
+@pytest.mark.parametrize("kind", ["gated", "mlp"])
+def test_every_parameter_gets_a_gradient(kind, gradient):
+    flow = _flow(kind, gradient=gradient).train()
+    loss = -flow.log_prob(torch.randn(64, 2, dtype=F64)).mean()
+    loss.backward()
+    for name, p in flow.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+    assert flow.last_stats.backward is not None or gradient == "direct"
+
+
+def test_training_gradients_agree_across_modes():
+    grads = {}
+    x = torch.randn(32, 2, dtype=F64)
+    for gradient in ("direct", "adjoint", "checkpoint"):
+        flow = _flow("gated", gradient=gradient, rtol=1e-7, atol=1e-7).train()
+        (-flow.log_prob(x).mean()).backward()
+        grads[gradient] = torch.cat([p.grad.reshape(-1) for p in flow.parameters()])
+    assert torch.allclose(grads["adjoint"], grads["direct"], rtol=1e-4, atol=1e-6)
+    assert torch.allclose(grads["checkpoint"], grads["direct"], rtol=1e-8, atol=1e-10)
+
+
+def test_regularisers_are_integrated_along_the_solve():
+    flow = CNF(ConcatSquashMLP(2, hidden=(16,)), 2, kinetic=1.0, jacobian=1.0,
+               rtol=1e-9, atol=1e-9, gradient="direct").double().train()
+    _randomize(flow.dynamics, 0.4)
+    z = torch.randn(8, 2, dtype=F64)
+    flow.from_base(z)
+    kinetic, frobenius = flow.last_regularization.unbind(1)
+    # Independent check: ‖f‖² along the trajectory by the trapezoid rule.
+    times = torch.linspace(0, 1, 401, dtype=F64)
+    with torch.no_grad():
+        path = flow.trajectory(z, times)
+        normalized = (path - flow.shift) * torch.exp(-flow.log_scale)
+        speeds = torch.stack([flow.dynamics(t, p).pow(2).sum(1) for t, p in
+                              zip(times, normalized)])
+    expected = torch.trapezoid(speeds, times, dim=0)
+    assert torch.allclose(kinetic, expected, rtol=1e-4)
+    assert (frobenius > 0).all()
+
+
+def test_normalization_is_part_of_the_density():
+    """Scaling the data by s shifts log p by −D·log s: the flow reports caller coordinates."""
+    flow = _flow("gated")
+    x = torch.randn(5, 2, dtype=F64)
+    scaled = CNF(flow.dynamics, 2, eval_rtol=1e-9, eval_atol=1e-9).double().eval()
+    with torch.no_grad():
+        scaled.shift.copy_(flow.shift * 3)
+        scaled.log_scale.copy_(flow.log_scale + math.log(3))
+    assert torch.allclose(scaled.log_prob(3 * x), flow.log_prob(x) - 2 * math.log(3), atol=1e-9)
+
+
+def test_bad_inputs():
+    flow = _flow("gated")
+    with pytest.raises(ValueError, match=r"x must have shape \(\.\.\., 2\), got \(4, 3\)"):
+        flow.log_prob(torch.zeros(4, 3, dtype=F64))
+    with pytest.raises(ValueError, match=r"NaN or infinite entries in rows \[1\]"):
+        flow.log_prob(torch.tensor([[0.0, 0.0], [float("nan"), 1.0]], dtype=F64))
+    with pytest.raises(TypeError, match="torch.Tensor"):
+        flow.log_prob([[0.0, 0.0]])
+    with pytest.raises(ValueError, match="trace='closed_form' needs dynamics"):
+        CNF(ConcatSquashMLP(2), 2, trace="closed_form")
+    with pytest.raises(ValueError, match="trace='fast' is not one of"):
+        CNF(GatedHyperDynamics(2), 2, trace="fast")
+    with pytest.raises(ValueError, match="method='rk45' is not known"):
+        CNF(GatedHyperDynamics(2), 2, method="rk45")
+    with pytest.raises(ValueError, match="width must be a positive integer"):
+        GatedHyperDynamics(2, width=0)
+
+
+@pytest.mark.gpu
+def test_cuda_log_prob_matches_cpu():
+    flow = _flow("gated")
+    x = torch.randn(16, 2, dtype=F64)
+    cpu = flow.log_prob(x)
+    gpu = flow.cuda().log_prob(x.cuda())
+    assert gpu.device.type == "cuda"
+    assert torch.allclose(gpu.cpu(), cpu, atol=1e-8)
