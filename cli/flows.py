@@ -115,6 +115,10 @@ def _read_points(path: str, dim: int) -> np.ndarray:
               show_default=True)
 @click.option("--test-size", type=click.IntRange(1), default=_default("test_size"),
               show_default=True, help="Fresh held-out points for the test NLL.")
+@click.option("--kinetic", type=click.FloatRange(min=0), default=_default("kinetic"),
+              show_default=True, help="Weight of the kinetic-energy regulariser.")
+@click.option("--jacobian", type=click.FloatRange(min=0), default=_default("jacobian"),
+              show_default=True, help="Weight of the Jacobian-Frobenius regulariser.")
 @click.option("--seed", type=int, default=_default("seed"), show_default=True)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
               show_default=True)

@@ -159,6 +159,7 @@ def test_regularisers_are_integrated_along_the_solve():
     expected = torch.trapezoid(speeds, times, dim=0)
     assert torch.allclose(kinetic, expected, rtol=1e-4)
     assert (frobenius > 0).all()
+    assert flow.regularization().item() == pytest.approx((kinetic + frobenius).mean().item())
 
 
 def test_normalization_is_part_of_the_density():

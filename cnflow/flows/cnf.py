@@ -198,9 +198,9 @@ class CNF(Flow):
             for ``dim <= 8`` and Hutchinson above), or one of ``"closed_form"``,
             ``"exact"``, ``"hutchinson"``. In eval mode the trace is always exact.
         noise: Hutchinson noise, ``"rademacher"`` or ``"gaussian"``; one draw per solve.
-        kinetic, jacobian: weights of the kinetic-energy and Jacobian-Frobenius
-            regularisers integrated along training solves (read them from
-            :attr:`last_regularization` after ``log_prob``).
+        kinetic, jacobian: weights of the kinetic-energy ``∫‖f‖² dt`` and
+            Jacobian-Frobenius ``∫‖∂f/∂z‖²_F dt`` regularisers (Finlay et al. 2020),
+            integrated along training solves; add :meth:`regularization` to the loss.
 
     Data normalisation (``set_normalization``) is part of the flow, with its log-det, so
     ``log_prob`` is always in the caller's coordinates.
@@ -289,6 +289,14 @@ class CNF(Flow):
         ys = sol.ys
         self.last_regularization = ys[-1, :, self.dim + 1:] if extra else None
         return ys
+
+    def regularization(self) -> torch.Tensor:
+        """Weighted regularisers of the last training solve (batch mean); 0 if none ran."""
+        reg = self.last_regularization
+        if reg is None:
+            return self._anchor.new_zeros(())
+        weights = [w for w in (self.kinetic, self.jacobian) if w > 0]
+        return sum(w * reg[:, i].mean() for i, w in enumerate(weights))
 
     def _log_det_normalization(self) -> torch.Tensor:
         return self.log_scale.sum()

@@ -343,7 +343,9 @@ def solve(func: Callable, y0: State, t: torch.Tensor, *, rtol: float = 1e-7,
                                                                         adjoint_rtol),
                 atol=atol if adjoint_atol is None else _check_tolerance("adjoint_atol",
                                                                         adjoint_atol),
-                options=adjoint_options if adjoint_options is not None else options)
+                # The forward's norm may not suit the augmented state; its steps options do.
+                options=adjoint_options if adjoint_options is not None else {
+                    k: v for k, v in (options or {}).items() if k != "norm"})
             ys = adjoint.AdjointSolve.apply(flat0, problem, reverse_problem, *params)
         else:
             ys = adjoint.CheckpointSolve.apply(flat0, problem, *params)
