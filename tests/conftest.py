@@ -4,6 +4,10 @@ import numpy as np
 import pytest
 import torch
 
+# The suite's tensors are small: one thread avoids synchronisation overhead that makes
+# several threads slower, dramatically so on a loaded machine.
+torch.set_num_threads(1)
+
 
 @pytest.fixture(autouse=True)
 def _seed():
