@@ -14,6 +14,7 @@ comparable and leave only the implementation to differ.
 from __future__ import annotations
 
 import json
+import os
 import platform
 import time
 from pathlib import Path
@@ -213,6 +214,7 @@ def write_report(out: str | Path, runs_dir: str | Path, iterations: int = 20,
                  refit: bool = True) -> str:
     """Run the three measurements and write the markdown report ``out``."""
     torch.set_num_threads(1)
+    load_before = os.getloadavg()[0]
     runs_dir = Path(runs_dir)
     speed = speed_comparison(iterations)
     fits = {}
@@ -242,7 +244,8 @@ def write_report(out: str | Path, runs_dir: str | Path, iterations: int = 20,
         "`cnflow/experiments/cnf_bench.py`."),
         "",
         (f"Machine: {platform.machine()}, 1 torch thread, torch {env['torch']}, Python "
-        f"{env['python']}."),
+        f"{env['python']}. Machine load average {load_before:.1f} at the start, "
+        f"{os.getloadavg()[0]:.1f} at the end (wall times grow with load)."),
         "",
         "## 1. Speed against torchdiffeq's reference CNF (`examples/cnf.py`)",
         "",

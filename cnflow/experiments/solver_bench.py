@@ -6,6 +6,7 @@ extra: ``pip install -e ".[bench]"``). Every figure in the file comes out of thi
 
 from __future__ import annotations
 
+import os
 import platform
 import statistics
 import time
@@ -187,9 +188,11 @@ def seminorm_nfe(tols: tuple[float, ...] = (1e-4, 1e-6, 1e-8)) -> list[dict]:
 def write_report(path: str, repeats: int = 5) -> str:
     """Run everything and write the markdown report to ``path``; returns the text."""
     torch.set_num_threads(1)
+    load_before = os.getloadavg()[0]
     compare = compare_with_torchdiffeq(repeats)
     memory = graph_memory()
     semi = seminorm_nfe()
+    load_after = os.getloadavg()[0]
     import torchdiffeq
 
     lines = [
@@ -201,7 +204,9 @@ def write_report(path: str, repeats: int = 5) -> str:
         (f"Measured on {platform.processor() or platform.machine()}, 1 CPU thread, torch "
         f"{torch.__version__}, torchdiffeq {getattr(torchdiffeq, '__version__', '?')}. "
         f"Times are medians of {repeats} runs after a warm-up; errors are max-abs against "
-        "scipy `solve_ivp(method='DOP853', rtol=1e-13, atol=1e-13)`; rtol = atol = tol."),
+        "scipy `solve_ivp(method='DOP853', rtol=1e-13, atol=1e-13)`; rtol = atol = tol. "
+        f"Machine load average {load_before:.1f} at the start, {load_after:.1f} at the end: "
+        "absolute times grow with load; the two libraries alternate, so the ratios hold."),
         "",
         "## cnflow vs torchdiffeq, same problems and tolerances (float64, forward solve)",
         "",
