@@ -15,4 +15,5 @@ def cli() -> None:
 from cnflow.cli.benchmark import benchmark; cli.add_command(benchmark)  # noqa: E402, E702, I001
 from cnflow.cli.flows import datasets, fit, logprob, sample  # noqa: E402, I001
 for _command in (fit, sample, logprob, datasets): cli.add_command(_command)  # noqa: E701
+from cnflow.cli.classify import classify; cli.add_command(classify)  # noqa: I001
 from cnflow.cli.latent import latent; cli.add_command(latent)  # noqa: I001

@@ -1,0 +1,330 @@
+"""MNIST from IDX files, the offline MNIST-t10k split, and sklearn's 8x8 digits.
+
+Three sources, one container (:class:`ClassificationData`):
+
+* :func:`load_mnist` reads the standard 60,000/10,000 MNIST split from a directory of IDX
+  files (gzip-compressed or not).
+* :func:`load_mnist_offline` splits the official 10,000-image MNIST *test* set that ships
+  with cnflow (``cnflow/data/mnist/t10k-*.gz``) into 8,000 train / 2,000 test images with a
+  fixed seed. It is named ``"MNIST-t10k split 8000/2000"`` so that no number measured on it
+  is mistaken for a full-MNIST result.
+* :func:`load_digits` wraps sklearn's 1,797 8x8 digits, small enough for unit tests.
+
+The IDX reader checks everything a truncated, corrupt or mislabelled file can get wrong
+(magic number, element type, rank, size, image/label count) and raises
+:class:`IDXFormatError`, a ``ValueError``, naming the file and what was wrong.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import struct
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+__all__ = [
+    "OFFLINE_DIR",
+    "OFFLINE_SPLIT_SEED",
+    "ClassificationData",
+    "IDXFormatError",
+    "find_mnist_files",
+    "load_digits",
+    "load_idx_pair",
+    "load_mnist",
+    "load_mnist_offline",
+    "read_idx",
+]
+
+#: Folder of the packaged MNIST test set (10,000 images, official IDX files).
+OFFLINE_DIR = Path(__file__).resolve().parent / "mnist"
+
+#: Seed of the offline 8,000/2,000 split. It seeds numpy's legacy ``RandomState``, whose
+#: stream numpy keeps stable across versions, so the split is the same everywhere.
+OFFLINE_SPLIT_SEED = 0
+
+# IDX element-type codes (third byte of the magic number) and their big-endian dtypes.
+_IDX_DTYPES = {
+    0x08: np.dtype(">u1"),
+    0x09: np.dtype(">i1"),
+    0x0B: np.dtype(">i2"),
+    0x0C: np.dtype(">i4"),
+    0x0D: np.dtype(">f4"),
+    0x0E: np.dtype(">f8"),
+}
+
+# Magic numbers of MNIST files: unsigned bytes, rank 3 for images and rank 1 for labels.
+_IMAGES_MAGIC = 0x00000803  # 2051
+_LABELS_MAGIC = 0x00000801  # 2049
+
+
+class IDXFormatError(ValueError):
+    """An IDX file is truncated, corrupt, or not the kind of file it was expected to be."""
+
+
+@dataclass(frozen=True)
+class ClassificationData:
+    """An image-classification data set, already split, as in-memory tensors.
+
+    Attributes:
+        name: What the data set is, as it must appear in every report.
+        x_train: Training images, float32, shape ``(N, C, H, W)``, values in ``[0, 1]``.
+        y_train: Training labels, int64, shape ``(N,)``.
+        x_test: Test images, same layout as ``x_train``.
+        y_test: Test labels.
+        num_classes: Number of classes.
+    """
+
+    name: str
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    num_classes: int = 10
+
+    @property
+    def in_channels(self) -> int:
+        """Number of image channels."""
+        return int(self.x_train.shape[1])
+
+    @property
+    def image_size(self) -> int:
+        """Side length of the (square) images in pixels."""
+        return int(self.x_train.shape[-1])
+
+    def describe(self) -> str:
+        """One line naming the data set and its split sizes."""
+        return (f"{self.name} ({len(self.y_train)} train / {len(self.y_test)} test, "
+                f"{self.in_channels}x{self.image_size}x{self.image_size})")
+
+
+def _read_bytes(path: Path) -> bytes:
+    """All bytes of ``path``, gunzipped when the file is gzip-compressed."""
+    raw = path.read_bytes()
+    # Decide by content, not by name: a renamed .gz (or a plain file named .gz) still reads.
+    if raw[:2] != b"\x1f\x8b":
+        return raw
+    try:
+        return gzip.decompress(raw)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise IDXFormatError(f"{path}: corrupt or truncated gzip data ({exc})") from exc
+
+
+def read_idx(path: str | os.PathLike) -> np.ndarray:
+    """Read one IDX file (optionally gzip-compressed) into a numpy array.
+
+    Args:
+        path: The file.
+
+    Returns:
+        The array, with the shape and element type that the file's header declares
+        (converted to native byte order).
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        IDXFormatError: The header is malformed, or the data are shorter or longer than the
+            header says.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"IDX file {str(path)!r} does not exist")
+    data = _read_bytes(path)
+    if len(data) < 4:
+        raise IDXFormatError(f"{path}: only {len(data)} bytes, too short for an IDX header")
+    zero, type_code, ndim = struct.unpack(">HBB", data[:4])
+    if zero != 0 or type_code not in _IDX_DTYPES or ndim == 0:
+        raise IDXFormatError(f"{path}: bad magic number 0x{data[:4].hex()} "
+                             "(not an IDX file)")
+    header_len = 4 + 4 * ndim
+    if len(data) < header_len:
+        raise IDXFormatError(f"{path}: truncated header (rank {ndim} needs {header_len} bytes, "
+                             f"file has {len(data)})")
+    shape = struct.unpack(f">{ndim}I", data[4:header_len])
+    dtype = _IDX_DTYPES[type_code]
+    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    body = len(data) - header_len
+    if body != expected:
+        kind = "truncated" if body < expected else "has trailing bytes"
+        raise IDXFormatError(f"{path}: {kind}: header declares shape {tuple(shape)} "
+                             f"({expected} data bytes), file holds {body}")
+    array = np.frombuffer(data, dtype=dtype, offset=header_len).reshape(shape)
+    return array.astype(dtype.newbyteorder("="), copy=True)
+
+
+def _magic(path: Path) -> int:
+    """The first four bytes of an (optionally gzipped) file as a big-endian integer."""
+    with path.open("rb") as handle:
+        head = handle.read(2)
+    try:
+        if head == b"\x1f\x8b":
+            with gzip.open(path, "rb") as handle:
+                first = handle.read(4)
+        else:
+            with path.open("rb") as handle:
+                first = handle.read(4)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise IDXFormatError(f"{path}: corrupt or truncated gzip data ({exc})") from exc
+    if len(first) < 4:
+        raise IDXFormatError(f"{path}: only {len(first)} bytes, too short for an IDX header")
+    return struct.unpack(">I", first)[0]
+
+
+def load_idx_pair(images_path: str | os.PathLike,
+                  labels_path: str | os.PathLike) -> tuple[torch.Tensor, torch.Tensor]:
+    """Read an MNIST-style images file and its labels file and check that they match.
+
+    Args:
+        images_path: IDX file of unsigned-byte images, rank 3 (magic number 2051).
+        labels_path: IDX file of unsigned-byte labels, rank 1 (magic number 2049).
+
+    Returns:
+        ``(images, labels)``: float32 images of shape ``(N, 1, H, W)`` scaled to ``[0, 1]``,
+        and int64 labels of shape ``(N,)``.
+
+    Raises:
+        FileNotFoundError: A file does not exist.
+        IDXFormatError: A file is corrupt or truncated, is the wrong kind of IDX file (for
+            example the labels file given as images), or the two counts differ.
+    """
+    images_path, labels_path = Path(images_path), Path(labels_path)
+    for path, want, what in ((images_path, _IMAGES_MAGIC, "images (idx3-ubyte)"),
+                             (labels_path, _LABELS_MAGIC, "labels (idx1-ubyte)")):
+        if not path.is_file():
+            raise FileNotFoundError(f"IDX file {str(path)!r} does not exist")
+        got = _magic(path)
+        if got != want:
+            raise IDXFormatError(f"{path}: magic number {got} (0x{got:08x}), expected {want} "
+                                 f"(0x{want:08x}) for MNIST {what}; is it the wrong file?")
+    images = read_idx(images_path)
+    labels = read_idx(labels_path)
+    if images.shape[0] != labels.shape[0]:
+        raise IDXFormatError(f"count mismatch: {images_path} holds {images.shape[0]} images but "
+                             f"{labels_path} holds {labels.shape[0]} labels")
+    if labels.size and int(labels.max()) > 9:
+        raise IDXFormatError(f"{labels_path}: label {int(labels.max())} is outside 0..9")
+    x = torch.from_numpy(images).to(torch.float32).div_(255.0).unsqueeze(1)
+    y = torch.from_numpy(labels).to(torch.int64)
+    return x, y
+
+
+def find_mnist_files(directory: str | os.PathLike, prefix: str) -> tuple[Path, Path]:
+    """Locate ``{prefix}-images`` and ``{prefix}-labels`` IDX files in ``directory``.
+
+    Accepts the usual spellings: ``train-images-idx3-ubyte`` or ``train-images.idx3-ubyte``,
+    each with or without ``.gz``.
+
+    Args:
+        directory: Folder holding the files.
+        prefix: ``"train"`` or ``"t10k"``.
+
+    Returns:
+        ``(images_path, labels_path)``.
+
+    Raises:
+        FileNotFoundError: ``directory`` is not a folder, or a file is missing.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"MNIST directory {str(directory)!r} does not exist "
+                                "or is not a folder")
+    found = []
+    for kind, rank in (("images", 3), ("labels", 1)):
+        names = [f"{prefix}-{kind}{sep}idx{rank}-ubyte{ext}"
+                 for sep in ("-", ".") for ext in (".gz", "")]
+        for name in names:
+            if (directory / name).is_file():
+                found.append(directory / name)
+                break
+        else:
+            raise FileNotFoundError(f"no {prefix} {kind} file in {str(directory)!r}; "
+                                    f"looked for {', '.join(names)}")
+    return found[0], found[1]
+
+
+def load_mnist(directory: str | os.PathLike) -> ClassificationData:
+    """Full MNIST, standard 60,000 train / 10,000 test split, from a directory of IDX files.
+
+    Args:
+        directory: Folder with ``train-*`` and ``t10k-*`` image and label files.
+
+    Returns:
+        The data set, named ``"MNIST"``.
+
+    Raises:
+        FileNotFoundError: The folder or one of its four files is missing.
+        IDXFormatError: A file is corrupt, truncated or mislabelled.
+    """
+    x_train, y_train = load_idx_pair(*find_mnist_files(directory, "train"))
+    x_test, y_test = load_idx_pair(*find_mnist_files(directory, "t10k"))
+    if x_train.shape[1:] != x_test.shape[1:]:
+        raise IDXFormatError(f"train images are {tuple(x_train.shape[2:])} but test images are "
+                             f"{tuple(x_test.shape[2:])} in {str(directory)!r}")
+    return ClassificationData("MNIST", x_train, y_train, x_test, y_test)
+
+
+def load_mnist_offline(n_train: int = 8000, *, seed: int = OFFLINE_SPLIT_SEED,
+                       directory: str | os.PathLike | None = None) -> ClassificationData:
+    """The official 10,000-image MNIST test set, split into train and test with a fixed seed.
+
+    This is *not* full MNIST: the 60,000 training images are not shipped. The split is a
+    permutation from ``numpy.random.RandomState(seed)``; the first ``n_train`` images train,
+    the rest test.
+
+    Args:
+        n_train: Training images to take (the rest are the test set).
+        seed: Seed of the permutation.
+        directory: Folder with ``t10k-images-idx3-ubyte.gz`` and ``t10k-labels-idx1-ubyte.gz``;
+            the copy packaged with cnflow when None.
+
+    Returns:
+        The data set, named ``"MNIST-t10k split {n_train}/{10000 - n_train}"``.
+
+    Raises:
+        ValueError: ``n_train`` leaves no training or no test image.
+        FileNotFoundError, IDXFormatError: As :func:`load_idx_pair`.
+    """
+    images_path, labels_path = find_mnist_files(OFFLINE_DIR if directory is None else directory,
+                                                "t10k")
+    x, y = load_idx_pair(images_path, labels_path)
+    n = len(y)
+    if isinstance(n_train, bool) or not isinstance(n_train, int) or not 0 < n_train < n:
+        raise ValueError(f"n_train={n_train!r} must be an integer in 1..{n - 1}")
+    order = torch.from_numpy(np.random.RandomState(seed).permutation(n))
+    train, test = order[:n_train], order[n_train:]
+    name = f"MNIST-t10k split {n_train}/{n - n_train}"
+    if seed != OFFLINE_SPLIT_SEED:
+        name += f" (seed {seed})"
+    return ClassificationData(name, x[train], y[train], x[test], y[test])
+
+
+def load_digits(test_fraction: float = 0.2, *, seed: int = 0) -> ClassificationData:
+    """sklearn's 1,797 8x8 handwritten digits, split into train and test with a fixed seed.
+
+    Args:
+        test_fraction: Share of the images held out for testing, in ``(0, 1)``.
+        seed: Seed of the split (numpy ``RandomState``).
+
+    Returns:
+        The data set, named ``"sklearn digits 8x8 split {n_train}/{n_test}"``; images are scaled
+        from sklearn's 0..16 to ``[0, 1]``.
+
+    Raises:
+        ValueError: ``test_fraction`` is not strictly between 0 and 1.
+    """
+    from sklearn.datasets import load_digits as _sk_load_digits
+
+    if not isinstance(test_fraction, (int, float)) or not 0.0 < test_fraction < 1.0:
+        raise ValueError(f"test_fraction={test_fraction!r} must be a number in (0, 1)")
+    bunch = _sk_load_digits()
+    x = torch.from_numpy(bunch.images.astype(np.float32) / 16.0).unsqueeze(1)
+    y = torch.from_numpy(bunch.target.astype(np.int64))
+    n = len(y)
+    n_test = max(1, round(test_fraction * n))
+    order = torch.from_numpy(np.random.RandomState(seed).permutation(n))
+    train, test = order[:n - n_test], order[n - n_test:]
+    name = f"sklearn digits 8x8 split {n - n_test}/{n_test}"
+    return ClassificationData(name, x[train], y[train], x[test], y[test])

@@ -1,0 +1,444 @@
+"""ODE-Net classifiers of Section 3 of Chen et al. (2018) and their baselines.
+
+* :class:`ODEBlock` integrates any dynamics ``f(t, h)`` from ``t = 0`` to ``t = 1`` with
+  cnflow's solver, with a chosen method, tolerances and gradient mode, and reports the
+  forward and backward number of function evaluations (NFE) of its last call from the
+  solver's own statistics.
+* :class:`ODENet`: a downsampling stem (the input is downsampled twice; 64 channels, group
+  norm), one ODE block whose dynamics are two 3x3 convolutions that see time as an extra
+  input channel, then group norm, global average pooling and a linear head (about 0.21 M
+  parameters on MNIST).
+* :class:`RKNet`: the same network, trained by backpropagating directly through the
+  Runge-Kutta solve instead of through the adjoint.
+* :class:`ResNet`: the same stem and head around 6 residual blocks (about 0.58 M
+  parameters).
+* :class:`MLP`: one hidden layer of 300 units (about 0.24 M parameters on MNIST).
+
+The architecture follows the reference implementation that accompanies the paper
+(torchdiffeq's ``examples/odenet_mnist.py``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+import cnflow
+
+__all__ = [
+    "ADAPTIVE_METHODS",
+    "FIXED_STEP_METHODS",
+    "GRADIENT_MODES",
+    "MLP",
+    "MODEL_NAMES",
+    "ConcatConv2d",
+    "ConvODEFunc",
+    "ODEBlock",
+    "ODENet",
+    "RKNet",
+    "ResBlock",
+    "ResNet",
+    "build_classifier",
+    "count_parameters",
+    "ode_blocks",
+]
+
+FIXED_STEP_METHODS = ("euler", "midpoint", "heun", "rk4")
+ADAPTIVE_METHODS = ("bosh3", "dopri5", "tsit5", "dopri8")
+GRADIENT_MODES = ("adjoint", "direct", "checkpoint")
+MODEL_NAMES = ("mlp", "resnet", "rknet", "odenet")
+
+
+def _group_norm(channels: int) -> nn.GroupNorm:
+    """Group norm with up to 32 groups, as in the reference ODE-Net."""
+    return nn.GroupNorm(min(32, channels), channels)
+
+
+def _check_positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name}={value!r} must be a positive integer")
+    return value
+
+
+def _check_padding(value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"stem_padding={value!r} must be a non-negative integer")
+
+
+class ConcatConv2d(nn.Module):
+    """A 2-D convolution that sees the time ``t`` as an extra, constant input channel.
+
+    Args:
+        dim_in: Input channels (time excluded).
+        dim_out: Output channels.
+        kernel_size: Convolution kernel size.
+        padding: Zero padding.
+        bias: Whether the convolution has a bias.
+    """
+
+    def __init__(self, dim_in: int, dim_out: int, kernel_size: int = 3, padding: int = 1,
+                 bias: bool = True) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(dim_in + 1, dim_out, kernel_size, padding=padding, bias=bias)
+
+    def forward(self, t: torch.Tensor | float, x: torch.Tensor) -> torch.Tensor:
+        """Convolve ``[t, x]`` along the channel axis.
+
+        Args:
+            t: Scalar time.
+            x: Feature map, shape ``(N, dim_in, H, W)``.
+
+        Returns:
+            Shape ``(N, dim_out, H', W')``.
+        """
+        tt = torch.ones_like(x[:, :1]) * t
+        return self.conv(torch.cat([tt, x], dim=1))
+
+
+class ConvODEFunc(nn.Module):
+    """ODE-Net dynamics: norm-ReLU-conv-norm-ReLU-conv-norm, with time fed to each conv.
+
+    Args:
+        channels: Channels of the hidden state, which the dynamics preserve.
+    """
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.norm1 = _group_norm(channels)
+        self.conv1 = ConcatConv2d(channels, channels)
+        self.norm2 = _group_norm(channels)
+        self.conv2 = ConcatConv2d(channels, channels)
+        self.norm3 = _group_norm(channels)
+        self.relu = nn.ReLU()
+
+    def forward(self, t: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        """Time derivative ``dh/dt = f(t, h)``.
+
+        Args:
+            t: Scalar time.
+            h: Hidden state, shape ``(N, channels, H, W)``.
+
+        Returns:
+            Same shape as ``h``.
+        """
+        out = self.conv1(t, self.relu(self.norm1(h)))
+        out = self.conv2(t, self.relu(self.norm2(out)))
+        return self.norm3(out)
+
+
+class ODEBlock(nn.Module):
+    """Integrate ``dh/dt = func(t, h)`` over ``[0, 1]`` and return ``h(1)``.
+
+    Args:
+        func: Dynamics module, called as ``func(t, h)``; its parameters are trained.
+        method: Solver: one of :data:`FIXED_STEP_METHODS` or :data:`ADAPTIVE_METHODS`.
+        rtol: Relative tolerance of adaptive methods (forward and adjoint).
+        atol: Absolute tolerance of adaptive methods (forward and adjoint).
+        gradient: ``"adjoint"`` (O(1) memory in the number of solver steps), ``"direct"``
+            (backpropagate through the solver's operations) or ``"checkpoint"``.
+        step_size: Step of fixed-step methods, in ``(0, 1]``; required for them and not
+            allowed for adaptive ones.
+        adjoint_options: Extra options of the adjoint solve, e.g. ``{"norm": "seminorm"}``.
+
+    Raises:
+        ValueError: An argument is out of range or unknown.
+        TypeError: ``func`` is not an ``nn.Module``.
+    """
+
+    def __init__(self, func: nn.Module, *, method: str = "dopri5", rtol: float = 1e-3,
+                 atol: float = 1e-3, gradient: str = "adjoint", step_size: float | None = None,
+                 adjoint_options: dict[str, Any] | None = None) -> None:
+        super().__init__()
+        if not isinstance(func, nn.Module):
+            raise TypeError(f"func must be a torch.nn.Module, got {type(func).__name__}")
+        if method not in FIXED_STEP_METHODS + ADAPTIVE_METHODS:
+            raise ValueError(f"method={method!r} is not one of "
+                             f"{', '.join(FIXED_STEP_METHODS + ADAPTIVE_METHODS)}")
+        if gradient not in GRADIENT_MODES:
+            raise ValueError(f"gradient={gradient!r} is not one of {', '.join(GRADIENT_MODES)}")
+        for name, tol in (("rtol", rtol), ("atol", atol)):
+            if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not tol > 0:
+                raise ValueError(f"{name}={tol!r} must be a positive number")
+        if method in FIXED_STEP_METHODS:
+            if step_size is None:
+                raise ValueError(f"method={method!r} is a fixed-step method and needs step_size")
+            if (isinstance(step_size, bool) or not isinstance(step_size, (int, float))
+                    or not 0 < step_size <= 1):
+                raise ValueError(f"step_size={step_size!r} must be a number in (0, 1]")
+        elif step_size is not None:
+            raise ValueError(f"step_size={step_size!r} is only for fixed-step methods, "
+                             f"not method={method!r}")
+        self.func = func
+        self.method = method
+        self.rtol = float(rtol)
+        self.atol = float(atol)
+        self.gradient = gradient
+        self.step_size = None if step_size is None else float(step_size)
+        self.adjoint_options = dict(adjoint_options) if adjoint_options else None
+        self._stats: Any = None
+
+    def forward(self, h0: torch.Tensor) -> torch.Tensor:
+        """Solve from ``t = 0`` to ``t = 1``.
+
+        Args:
+            h0: Initial state.
+
+        Returns:
+            ``h(1)``, same shape as ``h0``.
+        """
+        t = torch.tensor([0.0, 1.0], dtype=h0.dtype, device=h0.device)
+        options = None if self.step_size is None else {"step_size": self.step_size}
+        extra: dict[str, Any] = {}
+        if self.gradient == "adjoint":
+            extra["adjoint_params"] = tuple(self.func.parameters())
+            if self.adjoint_options is not None:
+                extra["adjoint_options"] = dict(self.adjoint_options)
+        solution = cnflow.solve(self.func, h0, t, rtol=self.rtol, atol=self.atol,
+                                method=self.method, options=options, gradient=self.gradient,
+                                **extra)
+        # Keep only the statistics, not the solution: holding `solution.ys` would keep the
+        # whole autograd graph of the last batch alive until the next call.
+        self._stats = solution.stats
+        return solution.ys[-1]
+
+    @property
+    def nfe_forward(self) -> int | None:
+        """Function evaluations of the last forward solve (None before the first call)."""
+        return None if self._stats is None else int(self._stats.forward.nfe)
+
+    @property
+    def nfe_backward(self) -> int | None:
+        """Function evaluations of the last backward pass through this block.
+
+        None before a backward pass has run through the last solve, and for gradient modes
+        whose backward pass the solver does not count.
+        """
+        if self._stats is None or self._stats.backward is None:
+            return None
+        return int(self._stats.backward.nfe)
+
+    def extra_repr(self) -> str:
+        step = "" if self.step_size is None else f", step_size={self.step_size}"
+        return (f"method={self.method!r}, rtol={self.rtol}, atol={self.atol}, "
+                f"gradient={self.gradient!r}{step}")
+
+
+def downsampling_stem(in_channels: int, channels: int, padding: int = 0) -> nn.Sequential:
+    """Conv stem that downsamples twice: 3x3 conv, then two stride-2 4x4 convs.
+
+    With the paper's ``padding=0`` a 28x28 MNIST image becomes a ``channels`` x 6 x 6
+    feature map. ``padding=1`` on the first conv keeps 8x8 digits at 2x2 instead of 1x1,
+    where group norm over two channels of one pixel makes the dynamics ill-conditioned.
+    """
+    return nn.Sequential(
+        nn.Conv2d(in_channels, channels, 3, 1, padding),
+        _group_norm(channels), nn.ReLU(),
+        nn.Conv2d(channels, channels, 4, 2, 1),
+        _group_norm(channels), nn.ReLU(),
+        nn.Conv2d(channels, channels, 4, 2, 1),
+    )
+
+
+def classifier_head(channels: int, num_classes: int) -> nn.Sequential:
+    """Group norm, ReLU, global average pooling and a linear layer."""
+    return nn.Sequential(
+        _group_norm(channels), nn.ReLU(),
+        nn.AdaptiveAvgPool2d((1, 1)), nn.Flatten(),
+        nn.Linear(channels, num_classes),
+    )
+
+
+class ODENet(nn.Module):
+    """Stem, one ODE block with conv dynamics, head (the paper's ODE-Net).
+
+    Args:
+        in_channels: Image channels.
+        num_classes: Output classes.
+        channels: Width of the stem and of the ODE state.
+        method: Solver method (see :class:`ODEBlock`).
+        rtol: Relative tolerance.
+        atol: Absolute tolerance.
+        gradient: Gradient mode of the ODE block.
+        step_size: Step of fixed-step methods.
+        adjoint_options: Extra options of the adjoint solve.
+        stem_padding: Padding of the stem's first conv (0 as in the paper; 1 for small
+            images, see :func:`downsampling_stem`).
+    """
+
+    def __init__(self, *, in_channels: int = 1, num_classes: int = 10, channels: int = 64,
+                 method: str = "dopri5", rtol: float = 1e-3, atol: float = 1e-3,
+                 gradient: str = "adjoint", step_size: float | None = None,
+                 adjoint_options: dict[str, Any] | None = None, stem_padding: int = 0) -> None:
+        super().__init__()
+        _check_positive_int("in_channels", in_channels)
+        _check_positive_int("num_classes", num_classes)
+        _check_positive_int("channels", channels)
+        _check_padding(stem_padding)
+        self.stem = downsampling_stem(in_channels, channels, stem_padding)
+        self.odeblock = ODEBlock(ConvODEFunc(channels), method=method, rtol=rtol, atol=atol,
+                                 gradient=gradient, step_size=step_size,
+                                 adjoint_options=adjoint_options)
+        self.head = classifier_head(channels, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Class logits of images ``x`` of shape ``(N, in_channels, H, W)``."""
+        return self.head(self.odeblock(self.stem(x)))
+
+
+class RKNet(ODENet):
+    """ODE-Net trained by backpropagating directly through the Runge-Kutta solve.
+
+    Same architecture, solver and tolerances as :class:`ODENet`; only the gradient differs:
+    the solver's internal operations are recorded by autograd, so memory grows with the
+    number of function evaluations.
+
+    Args:
+        in_channels: Image channels.
+        num_classes: Output classes.
+        channels: Width of the stem and of the ODE state.
+        method: Solver method.
+        rtol: Relative tolerance.
+        atol: Absolute tolerance.
+        step_size: Step of fixed-step methods.
+        stem_padding: Padding of the stem's first conv.
+    """
+
+    def __init__(self, *, in_channels: int = 1, num_classes: int = 10, channels: int = 64,
+                 method: str = "dopri5", rtol: float = 1e-3, atol: float = 1e-3,
+                 step_size: float | None = None, stem_padding: int = 0) -> None:
+        super().__init__(in_channels=in_channels, num_classes=num_classes, channels=channels,
+                         method=method, rtol=rtol, atol=atol, gradient="direct",
+                         step_size=step_size, stem_padding=stem_padding)
+
+
+class ResBlock(nn.Module):
+    """Pre-activation residual block: ``x + conv(relu(norm(conv(relu(norm(x))))))``."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.norm1 = _group_norm(channels)
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+        self.norm2 = _group_norm(channels)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+        self.relu = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Residual update of ``x``."""
+        out = self.conv1(self.relu(self.norm1(x)))
+        out = self.conv2(self.relu(self.norm2(out)))
+        return x + out
+
+
+class ResNet(nn.Module):
+    """Stem, ``num_blocks`` residual blocks, head (the paper's ResNet baseline).
+
+    Args:
+        in_channels: Image channels.
+        num_classes: Output classes.
+        channels: Width.
+        num_blocks: Residual blocks (6 in the paper).
+        stem_padding: Padding of the stem's first conv.
+    """
+
+    def __init__(self, *, in_channels: int = 1, num_classes: int = 10, channels: int = 64,
+                 num_blocks: int = 6, stem_padding: int = 0) -> None:
+        super().__init__()
+        _check_positive_int("in_channels", in_channels)
+        _check_positive_int("num_classes", num_classes)
+        _check_positive_int("channels", channels)
+        _check_positive_int("num_blocks", num_blocks)
+        _check_padding(stem_padding)
+        self.stem = downsampling_stem(in_channels, channels, stem_padding)
+        self.blocks = nn.Sequential(*(ResBlock(channels) for _ in range(num_blocks)))
+        self.head = classifier_head(channels, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Class logits of images ``x`` of shape ``(N, in_channels, H, W)``."""
+        return self.head(self.blocks(self.stem(x)))
+
+
+class MLP(nn.Module):
+    """One-hidden-layer perceptron on flattened images (the paper's 1-layer MLP).
+
+    Args:
+        in_features: Pixels per image (784 for MNIST).
+        num_classes: Output classes.
+        hidden: Hidden units (300 in the paper).
+    """
+
+    def __init__(self, *, in_features: int = 784, num_classes: int = 10,
+                 hidden: int = 300) -> None:
+        super().__init__()
+        _check_positive_int("in_features", in_features)
+        _check_positive_int("num_classes", num_classes)
+        _check_positive_int("hidden", hidden)
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(in_features, hidden), nn.ReLU(),
+                                 nn.Linear(hidden, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Class logits of images ``x`` of shape ``(N, ...)``."""
+        return self.net(x)
+
+
+def build_classifier(name: str, *, in_channels: int = 1, image_size: int = 28,
+                     num_classes: int = 10, channels: int = 64, num_blocks: int = 6,
+                     hidden: int = 300, method: str = "dopri5", rtol: float = 1e-3,
+                     atol: float = 1e-3, gradient: str = "adjoint",
+                     step_size: float | None = None,
+                     adjoint_options: dict[str, Any] | None = None) -> nn.Module:
+    """Build one of the four classifiers of Table 1 by name.
+
+    Args:
+        name: ``"mlp"``, ``"resnet"``, ``"rknet"`` or ``"odenet"``.
+        in_channels: Image channels.
+        image_size: Image side length (used by the MLP only).
+        num_classes: Output classes.
+        channels: Width of the convolutional models.
+        num_blocks: Residual blocks of the ResNet.
+        hidden: Hidden units of the MLP.
+        method: Solver of ODE-Net and RK-Net.
+        rtol: Relative tolerance of ODE-Net and RK-Net.
+        atol: Absolute tolerance of ODE-Net and RK-Net.
+        gradient: Gradient mode of ODE-Net (RK-Net always uses ``"direct"``).
+        step_size: Step of fixed-step methods.
+        adjoint_options: Extra options of ODE-Net's adjoint solve.
+
+    Images smaller than 16 pixels (sklearn's 8x8 digits) get ``stem_padding=1`` so that the
+    convolutional models keep a 2x2 feature map; MNIST gets the paper's unpadded stem.
+
+    Returns:
+        The model, freshly initialised.
+
+    Raises:
+        ValueError: ``name`` is unknown or an argument is out of range.
+    """
+    if name == "mlp":
+        return MLP(in_features=in_channels * image_size * image_size, num_classes=num_classes,
+                   hidden=hidden)
+    _check_positive_int("image_size", image_size)
+    padding = 0 if image_size >= 16 else 1
+    if name == "resnet":
+        return ResNet(in_channels=in_channels, num_classes=num_classes, channels=channels,
+                      num_blocks=num_blocks, stem_padding=padding)
+    if name == "rknet":
+        return RKNet(in_channels=in_channels, num_classes=num_classes, channels=channels,
+                     method=method, rtol=rtol, atol=atol, step_size=step_size,
+                     stem_padding=padding)
+    if name == "odenet":
+        return ODENet(in_channels=in_channels, num_classes=num_classes, channels=channels,
+                      method=method, rtol=rtol, atol=atol, gradient=gradient,
+                      step_size=step_size, adjoint_options=adjoint_options,
+                      stem_padding=padding)
+    raise ValueError(f"model name={name!r} is not one of {', '.join(MODEL_NAMES)}")
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of trainable parameters of ``model``."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def ode_blocks(model: nn.Module) -> list[ODEBlock]:
+    """All :class:`ODEBlock` submodules of ``model``, in registration order."""
+    return [m for m in model.modules() if isinstance(m, ODEBlock)]
