@@ -1,0 +1,229 @@
+"""`cnflow compare`: CNF versus planar normalizing flows (paper Figures 4 and 5).
+
+* ``cnflow compare density-matching``: reverse-KL fits to the energies U1–U4;
+* ``cnflow compare mle``: maximum likelihood on two_circles / two_moons;
+* ``cnflow compare report``: both results merged into one markdown document.
+
+``--quick`` shrinks every setting not given explicitly, so a run takes seconds (tests).
+"""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+
+import click
+
+DEFAULT_OUT = "results/comparisons"
+
+# Settings that --quick replaces unless they are given on the command line.
+_QUICK_DENSITY = {"nf_layers": (2,), "cnf_widths": (2,), "seeds": (0,), "nf_iterations": 3,
+                  "cnf_iterations": 2, "batch_size": 32, "eval_samples": 200, "grid": 12}
+_QUICK_MLE = {"nf_layers": 2, "cnf_width": 4, "nf_iterations": 3, "cnf_iterations": 2,
+              "batch_size": 32, "test_size": 200, "grid": 12, "figure_samples": 200}
+
+
+def _split(value: str, param: click.Parameter) -> list[str]:
+    items = [v.strip() for v in str(value).split(",")]
+    if not value or not str(value).strip() or any(not v for v in items):
+        raise click.BadParameter(f"{value!r} must be a comma-separated, non-empty list "
+                                 "without empty entries", param=param)
+    if len(set(items)) != len(items):
+        raise click.BadParameter(f"{value!r} has repeated entries", param=param)
+    return items
+
+
+def _names(known_fn):
+    def callback(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str, ...]:
+        known = known_fn()
+        items = _split(value, param)
+        unknown = [v for v in items if v not in known]
+        if unknown:
+            raise click.BadParameter(f"unknown {', '.join(map(repr, unknown))}; choose from "
+                                     f"{', '.join(known)}", ctx=ctx, param=param)
+        return tuple(items)
+
+    return callback
+
+
+def _ints(minimum: int):
+    def callback(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, ...]:
+        out = []
+        for item in _split(value, param):
+            try:
+                number = int(item)
+            except ValueError:
+                raise click.BadParameter(f"{item!r} is not an integer", ctx=ctx,
+                                         param=param) from None
+            if number < minimum:
+                raise click.BadParameter(f"{number} is not allowed: every entry must be "
+                                         f">= {minimum}", ctx=ctx, param=param)
+            out.append(number)
+        return tuple(out)
+
+    return callback
+
+
+def _energy_names() -> list[str]:
+    import toydata
+
+    return toydata.energy.names()
+
+
+def _dataset_names() -> list[str]:
+    import toydata
+
+    return toydata.names()
+
+
+def _apply_quick(ctx: click.Context, params: dict, quick_values: dict) -> dict:
+    """Replace the settings still at their defaults by the quick ones."""
+    settings = dict(params)
+    for name, value in quick_values.items():
+        if ctx.get_parameter_source(name) == click.core.ParameterSource.DEFAULT:
+            settings[name] = value
+    return settings
+
+
+def _join(values) -> str:
+    return ",".join(str(v) for v in values)
+
+
+def _common(func):
+    func = click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
+                        help="torch CPU threads.")(func)
+    func = click.option("--out", type=click.Path(file_okay=False), default=DEFAULT_OUT,
+                        show_default=True, help="Output folder (created).")(func)
+    func = click.option("--progress/--no-progress", default=None,
+                        help="Progress bar (default: only on a terminal).")(func)
+    func = click.option("--quick", is_flag=True,
+                        help="Tiny settings (seconds), for tests; explicit options win.")(func)
+    return func
+
+
+def _fail(error: Exception) -> click.ClickException:
+    return click.ClickException(str(error))
+
+
+@click.group("compare")
+def compare() -> None:
+    """CNF vs planar normalizing flows: density matching and maximum likelihood."""
+
+
+@compare.command("density-matching")
+@click.option("--targets", default="U1,U2,U3,U4", show_default=True,
+              callback=_names(_energy_names), help="Comma-separated energy targets.")
+@click.option("--nf-layers", default="2,8,32", show_default=True, callback=_ints(1),
+              help="Comma-separated planar-flow depths K.")
+@click.option("--cnf-widths", default="2,8,32", show_default=True, callback=_ints(1),
+              help="Comma-separated CNF widths M.")
+@click.option("--seeds", default="0,1", show_default=True, callback=_ints(0),
+              help="Comma-separated seeds; one fit per seed and model.")
+@click.option("--nf-iterations", type=click.IntRange(min=1), default=1000, show_default=True)
+@click.option("--cnf-iterations", type=click.IntRange(min=1), default=200, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option("--nf-lr", type=click.FloatRange(min=0, min_open=True), default=3e-3,
+              show_default=True)
+@click.option("--cnf-lr", type=click.FloatRange(min=0, min_open=True), default=1e-2,
+              show_default=True)
+@click.option("--eval-samples", type=click.IntRange(min=2), default=10000, show_default=True,
+              help="Samples of q per KL estimate.")
+@click.option("--grid", type=click.IntRange(min=2), default=80, show_default=True,
+              help="Grid points per axis of the density figure.")
+@click.option("--box-wall", type=click.FloatRange(min=0), default=100.0, show_default=True,
+              help="Strength of the soft wall at the box [-4, 4]² added to U while "
+                   "training (0: none).")
+@click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Worker processes (each with --threads threads); results do not "
+                   "depend on it.")
+@_common
+@click.pass_context
+def density_matching(ctx: click.Context, **params) -> None:
+    """Fit planar NFs (K layers) and CNFs (M units) to U1–U4 by reverse KL (Figure 4)."""
+    import torch
+
+    from cnflow.experiments.compare import DensityMatchingConfig
+    from cnflow.experiments.compare import density_matching as run
+
+    settings = _apply_quick(ctx, params, _QUICK_DENSITY) if params["quick"] else params
+    names = ("targets", "nf_layers", "cnf_widths", "seeds", "nf_iterations", "cnf_iterations",
+             "batch_size", "nf_lr", "cnf_lr", "eval_samples", "grid", "box_wall")
+    command = ["cnflow", "compare", "density-matching"]
+    for name in names:
+        value = settings[name]
+        command += [f"--{name.replace('_', '-')}",
+                    _join(value) if isinstance(value, tuple) else str(value)]
+    command += ["--jobs", str(settings["jobs"]), "--threads", str(settings["threads"]),
+                "--out", str(settings["out"])]
+    torch.set_num_threads(settings["threads"])
+    try:
+        config = DensityMatchingConfig(**{n: settings[n] for n in names})
+        result = run(config, settings["out"], shlex.join(command), settings["progress"],
+                     jobs=settings["jobs"])
+    except ValueError as error:
+        raise _fail(error) from None
+    click.echo(f"wrote {Path(settings['out']) / 'density_matching.md'} "
+               f"({result['cpu_seconds'] / 60:.1f} CPU-min)")
+
+
+@compare.command("mle")
+@click.option("--datasets", default="two_circles,two_moons", show_default=True,
+              callback=_names(_dataset_names), help="Comma-separated toy data sets.")
+@click.option("--nf-layers", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Planar layers of the NF.")
+@click.option("--cnf-width", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Hidden units M of the CNF.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--nf-iterations", type=click.IntRange(min=1), default=1500, show_default=True)
+@click.option("--cnf-iterations", type=click.IntRange(min=1), default=500, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=512, show_default=True)
+@click.option("--nf-lr", type=click.FloatRange(min=0, min_open=True), default=5e-3,
+              show_default=True)
+@click.option("--cnf-lr", type=click.FloatRange(min=0, min_open=True), default=1e-2,
+              show_default=True)
+@click.option("--test-size", type=click.IntRange(min=2), default=20000, show_default=True)
+@click.option("--grid", type=click.IntRange(min=2), default=120, show_default=True)
+@click.option("--figure-samples", type=click.IntRange(min=2), default=20000,
+              show_default=True)
+@_common
+@click.pass_context
+def mle(ctx: click.Context, **params) -> None:
+    """CNF (M = 64) vs planar NF (64 layers) by maximum likelihood (Figure 5)."""
+    import torch
+
+    from cnflow.experiments.compare import MLEConfig, maximum_likelihood
+
+    settings = _apply_quick(ctx, params, _QUICK_MLE) if params["quick"] else params
+    names = ("datasets", "nf_layers", "cnf_width", "seed", "nf_iterations", "cnf_iterations",
+             "batch_size", "nf_lr", "cnf_lr", "test_size", "grid", "figure_samples")
+    command = ["cnflow", "compare", "mle"]
+    for name in names:
+        value = settings[name]
+        command += [f"--{name.replace('_', '-')}",
+                    _join(value) if isinstance(value, tuple) else str(value)]
+    command += ["--threads", str(settings["threads"]), "--out", str(settings["out"])]
+    torch.set_num_threads(settings["threads"])
+    try:
+        config = MLEConfig(**{n: settings[n] for n in names})
+        result = maximum_likelihood(config, settings["out"], shlex.join(command),
+                                    settings["progress"])
+    except ValueError as error:
+        raise _fail(error) from None
+    click.echo(f"wrote {Path(settings['out']) / 'mle.md'} "
+               f"({result['cpu_seconds'] / 60:.1f} CPU-min)")
+
+
+@compare.command("report")
+@click.option("--out", type=click.Path(file_okay=False), default=DEFAULT_OUT,
+              show_default=True, help="Folder holding density_matching.json / mle.json.")
+@click.option("--md", type=click.Path(dir_okay=False), default="results/comparisons.md",
+              show_default=True, help="Markdown file to write.")
+def report(out: str, md: str) -> None:
+    """Merge the results of both comparisons into one markdown file."""
+    from cnflow.experiments.compare import write_report
+
+    try:
+        write_report(out, md)
+    except (FileNotFoundError, ValueError, KeyError) as error:
+        raise _fail(error) from None
+    click.echo(f"wrote {md}")

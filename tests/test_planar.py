@@ -1,0 +1,267 @@
+"""Planar and radial flows: log-dets against autograd, constraints, inverses, normalisation."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cnflow.flows import CNF, Flow, GatedHyperDynamics, PlanarFlow, RadialFlow
+from cnflow.flows.base import standard_normal_log_prob
+from cnflow.flows.planar import INVERSE_TOL, PlanarLayer
+from cnflow.flows.radial import RadialLayer
+
+F64 = torch.float64
+KINDS = [PlanarFlow, RadialFlow]
+DIRECTIONS = ["generative", "normalizing"]
+
+
+def _randomize(flow: Flow, seed: int = 0, strength: float = 1.0) -> Flow:
+    """Well away from the identity, but not near-singular (the realistic regime)."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in flow.named_parameters():
+            noise = torch.randn(p.shape, generator=generator, dtype=p.dtype)
+            if name.endswith(("alpha_raw", "beta_raw")):
+                p.add_(noise * 0.3 * strength)
+            elif name.endswith(".z0"):
+                p.add_(noise * 0.8 * strength)
+            else:  # planar u, w, b: fresh values of order one
+                p.copy_(noise * 0.8 * strength)
+    return flow
+
+
+def _flow(kind, direction: str, layers: int = 6, seed: int = 0, strength: float = 1.0) -> Flow:
+    torch.manual_seed(seed)
+    flow = kind(2, layers=layers, direction=direction).double()
+    _randomize(flow, seed, strength)
+    with torch.no_grad():
+        flow.shift.copy_(torch.tensor([0.3, -0.2], dtype=F64))
+        flow.log_scale.copy_(torch.tensor([0.2, -0.1], dtype=F64))
+    return flow
+
+
+@pytest.mark.parametrize("layer_cls", [PlanarLayer, RadialLayer])
+@pytest.mark.parametrize("dim", [1, 2, 3])
+def test_layer_log_det_matches_autograd_jacobian(layer_cls, dim):
+    torch.manual_seed(dim)
+    layer = layer_cls(dim).double()
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.add_(torch.randn_like(p))
+    z = torch.randn(5, dim, dtype=F64) * 1.5
+    _, log_det = layer(z)
+    for zi, ld in zip(z, log_det):
+        jacobian = torch.autograd.functional.jacobian(lambda v: layer(v[None])[0][0], zi)
+        sign, expected = torch.linalg.slogdet(jacobian)
+        assert sign.item() > 0  # orientation preserving: the constraint holds
+        assert ld.item() == pytest.approx(expected.item(), abs=1e-10)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("direction", DIRECTIONS)
+def test_flow_log_prob_matches_brute_force_change_of_variables(kind, direction):
+    flow = _flow(kind, direction)
+    x = torch.randn(4, 2, dtype=F64) * 1.5
+    log_p = flow.log_prob(x)
+    for xi, lp in zip(x, log_p):
+        jacobian = torch.autograd.functional.jacobian(lambda v: flow.to_base(v[None])[0][0], xi)
+        z = flow.to_base(xi[None])[0][0]
+        expected = standard_normal_log_prob(z) + torch.linalg.slogdet(jacobian)[1]
+        assert lp.item() == pytest.approx(expected.item(), abs=1e-8)
+
+
+_reals = st.floats(min_value=-50, max_value=50, allow_nan=False, allow_infinity=False)
+
+
+@settings(max_examples=300, deadline=None)
+@given(u=st.lists(_reals, min_size=2, max_size=2), w=st.lists(_reals, min_size=2, max_size=2))
+def test_planar_constraint_holds_for_any_parameters(u, w):
+    layer = PlanarLayer(2).double()
+    with torch.no_grad():
+        layer.u.copy_(torch.tensor(u, dtype=F64))
+        layer.w.copy_(torch.tensor(w, dtype=F64))
+    with torch.no_grad():
+        u_hat, w_u_hat, gap = layer.constrained()
+    # The identity wᵀû = softplus(wᵀu) − 1 > −1 holds up to rounding of the dot product ...
+        w, u = layer.w.detach(), layer.u.detach()
+    scale = 1 + abs(float(w @ u)) + float(w.abs() @ u_hat.abs())
+    assert float(w @ u_hat) == pytest.approx(float(w_u_hat), abs=1e-12 * scale)
+    assert float(w_u_hat) >= -1
+    # ... and the gap 1 + wᵀû that the log-det uses is strictly positive, never rounded to 0.
+    assert float(gap) > 0
+    z = torch.randn(64, 2, dtype=F64) * 3
+    _, log_det = layer(z)
+    assert torch.isfinite(log_det).all()
+
+
+def test_planar_at_w_zero_is_a_translation():
+    layer = PlanarLayer(2).double()
+    with torch.no_grad():
+        layer.w.zero_()
+        layer.b.fill_(0.7)
+    z = torch.randn(8, 2, dtype=F64)
+    y, log_det = layer(z)
+    assert torch.allclose(y, z + torch.tanh(torch.tensor(0.7, dtype=F64)) * layer.u)
+    assert torch.equal(log_det, torch.zeros(8, dtype=F64))
+    back, inv_log_det = layer.inverse(y)
+    assert torch.allclose(back, z, atol=1e-14) and torch.equal(inv_log_det, log_det)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("c_raw", [-30.0, -3.0, 0.0, 2.0, 40.0])
+def test_planar_inverse_reaches_the_stated_tolerance(dtype, c_raw):
+    """Steep (wᵀû ≫ 1), flat and nearly singular (wᵀû → −1) layers all invert."""
+    torch.manual_seed(0)
+    layer = PlanarLayer(2).to(dtype)
+    with torch.no_grad():
+        layer.w.copy_(torch.tensor([1.5, -0.5]))
+        # wᵀu = c_raw: û is then determined by softplus(c_raw) − 1.
+        layer.u.copy_(layer.w * c_raw / (layer.w @ layer.w) + torch.tensor([0.3, 0.9]))
+        layer.b.fill_(0.4)
+    y = torch.randn(2000, 2, dtype=dtype) * 4
+    z, _ = layer.inverse(y)
+    back, _ = layer(z)
+    alpha = z @ layer.w
+    residual = alpha + (layer.w @ layer.constrained()[0]) * torch.tanh(alpha + layer.b) \
+        - y @ layer.w
+    tol = INVERSE_TOL[dtype]
+    eps = torch.finfo(dtype).eps
+    # The scalar equation is solved to tol (relative to 1 + |wᵀy|), or to rounding level.
+    bound = (tol * (1 + (1 + abs(c_raw))) + 64 * eps) * (1 + (y @ layer.w).abs())
+    assert (residual.abs() <= bound).all()
+    assert torch.allclose(back, y, atol=50 * tol * (1 + abs(c_raw)), rtol=0)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("direction", DIRECTIONS)
+def test_round_trip_and_sample_log_prob_consistency(kind, direction):
+    flow = _flow(kind, direction, layers=8)
+    torch.manual_seed(3)
+    x, log_p = flow.sample_and_log_prob((2, 3))
+    assert x.shape == (2, 3, 2) and log_p.shape == (2, 3)
+    assert torch.allclose(flow.log_prob(x), log_p, atol=1e-9)
+    z, ld_to = flow.to_base(x.reshape(-1, 2))
+    back, ld_from = flow.from_base(z)
+    assert torch.allclose(back, x.reshape(-1, 2), atol=1e-9)
+    assert torch.allclose(ld_to, -ld_from, atol=1e-9)
+    assert flow.sample(5).shape == (5, 2) and not flow.sample(5).requires_grad
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("direction", DIRECTIONS)
+def test_density_integrates_to_one(kind, direction):
+    # Milder parameters keep the peaks resolvable by a 301² grid (a fast test).
+    flow = _flow(kind, direction, strength=0.6)
+    grid = torch.linspace(-10, 10, 301, dtype=F64)
+    gx, gy = torch.meshgrid(grid, grid, indexing="xy")
+    points = torch.stack([gx.reshape(-1), gy.reshape(-1)], 1)
+    with torch.no_grad():
+        density = flow.log_prob(points).exp()
+    mass = density.sum().item() * (grid[1] - grid[0]).item() ** 2
+    assert mass == pytest.approx(1.0, abs=2e-3)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("direction", DIRECTIONS)
+def test_gradients_reach_every_parameter_in_both_directions(kind, direction):
+    """Reverse KL needs rsample gradients; MLE needs log_prob gradients (via the inverse too)."""
+    flow = _flow(kind, direction)
+    x, log_q = flow.sample_and_log_prob(64)
+    loss = (log_q + x.pow(2).sum(1)).mean() - flow.log_prob(torch.randn(64, 2, dtype=F64)).mean()
+    loss.backward()
+    for name, p in flow.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+        assert p.grad.abs().sum() > 0, name
+
+
+def test_inverse_gradient_matches_finite_differences():
+    """The implicit-function Newton step gives the exact derivative of the inverse."""
+    layer = PlanarLayer(2).double()
+    with torch.no_grad():
+        layer.u.copy_(torch.tensor([1.2, -0.7], dtype=F64))
+        layer.w.copy_(torch.tensor([0.9, 1.4], dtype=F64))
+        layer.b.fill_(-0.3)
+    y = torch.randn(3, 2, dtype=F64)
+    assert torch.autograd.gradcheck(lambda v, w: _inverse_with_w(layer, v, w),
+                                    (y.requires_grad_(), layer.w.detach().clone()
+                                     .requires_grad_()), atol=1e-6)
+
+
+def _inverse_with_w(layer: PlanarLayer, y: torch.Tensor, w: torch.Tensor):
+    original = layer.w
+    del layer.w
+    layer.w = w  # a plain tensor for gradcheck's perturbations
+    try:
+        z, log_det = layer.inverse(y)
+    finally:
+        del layer.w
+        layer.w = original
+    return z, log_det
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_state_dict_round_trip_and_trajectory(kind):
+    flow = _flow(kind, "normalizing")
+    buffer = io.BytesIO()
+    torch.save(flow.state_dict(), buffer)
+    buffer.seek(0)
+    other = kind(2, layers=6, direction="normalizing").double()
+    other.load_state_dict(torch.load(buffer, weights_only=True))
+    x = torch.randn(6, 2, dtype=F64)
+    assert torch.equal(flow.log_prob(x), other.log_prob(x))
+    z = torch.randn(10, 2, dtype=F64)
+    states = flow.trajectory(z, torch.tensor([0.0, 0.5, 1.0]))
+    assert states.shape == (3, 10, 2)
+    assert torch.allclose(states[-1], flow.from_base(z)[0], atol=1e-10)
+    assert torch.allclose(states[0], z * flow.log_scale.exp() + flow.shift)
+
+
+def test_set_normalization_keeps_densities_in_caller_coordinates():
+    flow = _flow(PlanarFlow, "normalizing")
+    data = torch.randn(500, 2, dtype=F64) * torch.tensor([3.0, 0.5], dtype=F64) + 2
+    flow.set_normalization(data)
+    assert torch.allclose(flow.shift, data.mean(0))
+    x = torch.randn(7, 2, dtype=F64)
+    _z, log_det = flow.to_base(x)
+    jacobian = torch.autograd.functional.jacobian(lambda v: flow.to_base(v[None])[0][0], x[0])
+    assert log_det[0].item() == pytest.approx(torch.linalg.slogdet(jacobian)[1].item(), abs=1e-9)
+
+
+def test_package_exports():
+    assert issubclass(PlanarFlow, Flow) and issubclass(RadialFlow, Flow)
+    assert issubclass(CNF, Flow) and GatedHyperDynamics is not None
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="layers must be a positive integer, got 0"):
+        PlanarFlow(2, layers=0)
+    with pytest.raises(ValueError, match="layers must be a positive integer, got 0"):
+        RadialFlow(2, layers=0)
+    with pytest.raises(ValueError, match="direction='forward' is not one of"):
+        PlanarFlow(2, direction="forward")
+    with pytest.raises(ValueError, match="dim must be a positive integer, got -1"):
+        PlanarFlow(-1)
+    with pytest.raises(ValueError, match="init_scale must be a finite number"):
+        PlanarLayer(2, init_scale=float("nan"))
+    flow = PlanarFlow(2, layers=2)
+    with pytest.raises(ValueError, match=r"x must have shape \(\.\.\., 2\), got \(4, 3\)"):
+        flow.log_prob(torch.zeros(4, 3))
+    with pytest.raises(ValueError, match=r"NaN or infinite entries in rows \[1\]"):
+        flow.log_prob(torch.tensor([[0.0, 0.0], [float("nan"), 1.0]]))
+    with pytest.raises(ValueError, match="times must be a 1-D tensor of fractions"):
+        flow.trajectory(torch.zeros(3, 2), torch.tensor([0.0, 1.5]))
+
+
+def test_fresh_planar_layer_is_volume_preserving():
+    """The initialisation puts wᵀû at 0: a deep untrained stack does not collapse."""
+    torch.manual_seed(1)
+    flow = PlanarFlow(2, layers=64, direction="normalizing").double()
+    for layer in flow.layers:
+        assert abs(float(layer.constrained()[1].detach())) < 1e-6  # set in float32
+    z, log_det = flow.to_base(torch.randn(256, 2, dtype=F64))
+    assert torch.allclose(log_det, torch.zeros_like(log_det), atol=1e-5)
+    assert z.std(0).min() > 0.5
