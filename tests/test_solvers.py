@@ -269,20 +269,27 @@ def test_stats_and_step_counts():
     assert s.n_accepted > 10 and sol.stats.backward is None
 
 
-def test_per_sample_norm_makes_every_sample_meet_the_tolerance():
-    rates = torch.tensor([[0.1], [0.2], [25.0]], dtype=F64)
-    y0 = torch.ones(3, 1, dtype=F64)
+def test_per_sample_norms():
+    """One hard sample (fast decay) in a batch of easy ones."""
+    rates = torch.tensor([[0.1], [0.2], [0.3], [25.0]], dtype=F64)
+    y0 = torch.ones(4, 1, dtype=F64)
     t = torch.tensor([0.0, 1.0], dtype=F64)
-    exact = torch.exp(-rates.squeeze() * 1.0)
-    errors = {}
-    for norm in ("rms", "per_sample"):
+    exact = torch.exp(-rates.squeeze())
+    steps, errors = {}, {}
+    for norm in ("rms", "per_sample", "per_sample_max"):
         sol = cnflow.solve(lambda t, y: -rates * y, y0, t, rtol=1e-6, atol=1e-9,
                            options={"norm": norm})
+        steps[norm] = sol.stats.forward.n_accepted + sol.stats.forward.n_rejected
         errors[norm] = (sol.ys[-1].squeeze() - exact).abs().max().item()
-    assert errors["per_sample"] <= errors["rms"]
-    norm = make_norm("per_sample", [torch.Size([3, 2])])
+    # The hard sample shrinks everyone's step least under the per-sample mean...
+    assert steps["per_sample"] < steps["rms"] < steps["per_sample_max"]
+    # ...and the per-sample maximum holds the hard sample to the tolerance.
+    assert errors["per_sample_max"] <= errors["rms"] <= errors["per_sample"]
     x = torch.tensor([1.0, 1.0, 0.0, 0.0, 3.0, 4.0], dtype=F64)
-    assert norm(x).item() == pytest.approx(math.sqrt(12.5))
+    shape = [torch.Size([3, 2])]
+    assert make_norm("per_sample_max", shape)(x).item() == pytest.approx(math.sqrt(12.5))
+    assert make_norm("per_sample", shape)(x).item() == pytest.approx(
+        (1 + 0 + math.sqrt(12.5)) / 3)
 
 
 # --- gradients -----------------------------------------------------------------------------

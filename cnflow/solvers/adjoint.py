@@ -91,8 +91,8 @@ class ReverseSolve:
 
     def __post_init__(self) -> None:
         self.control, self.norm_kind = _check_options(self.options, self.tableau.adaptive)
-        if self.norm_kind == "per_sample":
-            raise ValueError("adjoint_options['norm']='per_sample' is not supported; use "
+        if self.norm_kind in ("per_sample", "per_sample_max"):
+            raise ValueError(f"adjoint_options['norm']={self.norm_kind!r} is not supported; use "
                              "'rms', 'max', 'seminorm' or a callable")
 
 

@@ -23,7 +23,7 @@ __all__ = ["GRADIENT_MODES", "ODESolution", "SolveStats", "odeint", "odeint_adjo
 
 State = torch.Tensor | tuple[torch.Tensor, ...]
 GRADIENT_MODES = ("direct", "adjoint", "checkpoint")
-_NORMS = ("rms", "max", "per_sample", "seminorm")
+_NORMS = ("rms", "max", "per_sample", "per_sample_max", "seminorm")
 _OPTION_KEYS = tuple(f.name for f in fields(StepControl)) + ("norm",)
 
 
@@ -159,9 +159,11 @@ def make_norm(kind: Any, shapes: Sequence[torch.Size], measured: int | None = No
     """Build the error norm over a flat state made of tensors of ``shapes``.
 
     ``"rms"``: root mean square over the whole state. ``"max"``: largest component.
-    ``"per_sample"``: RMS within each sample (the leading dimension of every tensor), then
-    the largest over samples, so that every sample meets the tolerance on its own instead of
-    on average. ``"seminorm"`` measures only the first ``measured`` entries (the adjoint
+    Per-sample norms take the RMS within each sample (the leading dimension of every tensor)
+    and then combine samples: ``"per_sample"`` averages them, so one hard sample of a batch
+    moves the ratio by 1/B of its error (1/√B under ``"rms"``) and does not shrink everyone's
+    step; ``"per_sample_max"`` takes the largest, so every sample meets the tolerance on its
+    own. ``"seminorm"`` measures only the first ``measured`` entries (the adjoint
     uses it to leave the parameter adjoints out of step rejection). A callable is used as
     is.
     """
@@ -175,16 +177,18 @@ def make_norm(kind: Any, shapes: Sequence[torch.Size], measured: int | None = No
         return lambda x: _rms(x[:measured])
     batch = {s[0] if len(s) else None for s in shapes}
     if len(batch) != 1 or None in batch:
-        raise ValueError("options['norm']='per_sample' needs every tensor of y0 to share one "
+        raise ValueError(f"options['norm']={kind!r} needs every tensor of y0 to share one "
                          f"leading batch dimension, got shapes {[tuple(s) for s in shapes]}")
     n = batch.pop()
     sizes = [math.prod(s) for s in shapes]
     width = sum(sizes) // n
 
+    combine = torch.max if kind == "per_sample_max" else torch.mean
+
     def per_sample(x: torch.Tensor) -> torch.Tensor:
         pieces = torch.split(x, sizes)
         sq = sum(p.reshape(n, -1).pow(2).sum(1) for p in pieces)
-        return (sq / width).sqrt().max()
+        return combine((sq / width).sqrt())
 
     return per_sample
 
@@ -273,7 +277,7 @@ def solve(func: Callable, y0: State, t: torch.Tensor, *, rtol: float = 1e-7,
             whatever their error), ``max_step``, ``max_num_steps`` (budget for the whole
             solve, default 100000), ``safety``, ``ifactor``, ``dfactor``, ``pi_beta``
             (PI controller; 0 gives integral control), ``norm`` (``"rms"``, ``"max"``,
-            ``"per_sample"`` or a callable).
+            ``"per_sample"``, ``"per_sample_max"`` or a callable; see :func:`make_norm`).
         gradient: ``"direct"`` backpropagates through the solver's operations;
             ``"adjoint"`` solves the adjoint ODE backwards in time, memory independent of
             the number of steps; ``"checkpoint"`` keeps the state at every accepted step
