@@ -84,7 +84,7 @@ def _load_data(data: str, data_dir: Path | None) -> ClassificationData:
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="torch.set_num_threads for the run (default: torch's choice).")
 @click.option("--output-dir", type=click.Path(path_type=Path, file_okay=False), default=None,
-              help="Run directory [default: runs/classify-MODEL].")
+              help="Run directory [default: results/runs/classify-MODEL].")
 @click.option("--progress/--no-progress", default=None,
               help="Progress bar [default: only when stderr is a terminal].")
 def classify(model_name: str, data: str, data_dir: Path | None, epochs: int, batch_size: int,
@@ -129,7 +129,7 @@ def classify(model_name: str, data: str, data_dir: Path | None, epochs: int, bat
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc
 
-    out = Path(output_dir) if output_dir is not None else Path("runs") / f"classify-{model_name}"
+    out = Path(output_dir) if output_dir is not None else Path("results") / "runs" / f"classify-{model_name}"
     if out.exists() and not out.is_dir():
         raise click.BadParameter(f"{str(out)!r} exists and is not a folder",
                                  param_hint="--output-dir")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import click
 
-DEFAULT_OUT = "results/comparisons"
+DEFAULT_OUT = "results/runs/comparisons"
 
 # Settings that --quick replaces unless they are given on the command line.
 _QUICK_DENSITY = {"nf_layers": (2,), "cnf_widths": (2,), "seeds": (0,), "nf_iterations": 3,

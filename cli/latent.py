@@ -76,7 +76,7 @@ def _command_line(params: dict) -> str:
               help="torch CPU threads.")
 @click.option("--device", default="cpu", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path),
-              default=Path("runs/latent_ode"), show_default=True,
+              default=Path("results/runs/latent_ode"), show_default=True,
               help="Folder for checkpoints, metrics.json and figures.")
 @click.option("--md", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the markdown report here (e.g. results/latent_ode.md).")
