@@ -105,6 +105,16 @@ def _fail(error: Exception) -> click.ClickException:
     return click.ClickException(str(error))
 
 
+def _command_line(subcommand: str, settings: dict, names: tuple[str, ...]) -> list[str]:
+    """The full command that reproduces a run, written into its report."""
+    command = ["cnflow", "compare", subcommand]
+    for name in names:
+        value = settings[name]
+        command += [f"--{name.replace('_', '-')}",
+                    _join(value) if isinstance(value, tuple) else str(value)]
+    return command
+
+
 @click.group("compare")
 def compare() -> None:
     """CNF vs planar normalizing flows: density matching and maximum likelihood."""
@@ -148,13 +158,7 @@ def density_matching(ctx: click.Context, **params) -> None:
     settings = _apply_quick(ctx, params, _QUICK_DENSITY) if params["quick"] else params
     names = ("targets", "nf_layers", "cnf_widths", "seeds", "nf_iterations", "cnf_iterations",
              "batch_size", "nf_lr", "cnf_lr", "eval_samples", "grid", "box_wall")
-    command = ["cnflow", "compare", "density-matching"]
-    for name in names:
-        value = settings[name]
-        command += [f"--{name.replace('_', '-')}",
-                    _join(value) if isinstance(value, tuple) else str(value)]
-    command += ["--jobs", str(settings["jobs"]), "--threads", str(settings["threads"]),
-                "--out", str(settings["out"])]
+    command = _command_line("density-matching", settings, (*names, "jobs", "threads", "out"))
     torch.set_num_threads(settings["threads"])
     try:
         config = DensityMatchingConfig(**{n: settings[n] for n in names})
@@ -196,12 +200,7 @@ def mle(ctx: click.Context, **params) -> None:
     settings = _apply_quick(ctx, params, _QUICK_MLE) if params["quick"] else params
     names = ("datasets", "nf_layers", "cnf_width", "seed", "nf_iterations", "cnf_iterations",
              "batch_size", "nf_lr", "cnf_lr", "test_size", "grid", "figure_samples")
-    command = ["cnflow", "compare", "mle"]
-    for name in names:
-        value = settings[name]
-        command += [f"--{name.replace('_', '-')}",
-                    _join(value) if isinstance(value, tuple) else str(value)]
-    command += ["--threads", str(settings["threads"]), "--out", str(settings["out"])]
+    command = _command_line("mle", settings, (*names, "threads", "out"))
     torch.set_num_threads(settings["threads"])
     try:
         config = MLEConfig(**{n: settings[n] for n in names})
