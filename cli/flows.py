@@ -48,14 +48,18 @@ def _write_array(array: np.ndarray, out: Path, header: str) -> None:
     """Write ``.npy`` or ``.csv`` through a temporary file, so no half-written file remains."""
     from cnflow.runs import write_bytes, write_text
 
-    if out.suffix.lower() == ".npy":
-        buffer = io.BytesIO()
-        np.save(buffer, array)
-        write_bytes(buffer.getvalue(), out)
-    else:
-        rows = array.reshape(len(array), -1)
-        text = header + "\n" + "\n".join(",".join(f"{v:.10g}" for v in row) for row in rows)
-        write_text(text + "\n", out)
+    try:
+        if out.suffix.lower() == ".npy":
+            buffer = io.BytesIO()
+            np.save(buffer, array)
+            write_bytes(buffer.getvalue(), out)
+        else:
+            rows = array.reshape(len(array), -1)
+            text = header + "\n" + "\n".join(",".join(f"{v:.10g}" for v in row)
+                                              for row in rows)
+            write_text(text + "\n", out)
+    except OSError as error:
+        raise click.ClickException(f"cannot write {str(out)!r}: {error.strerror}") from None
 
 
 def _read_points(path: str, dim: int) -> np.ndarray:

@@ -148,3 +148,18 @@ def test_unwritable_output(run_dir, tmp_path):
     result = CliRunner().invoke(cli, ["sample", "-c", str(run_dir), "--out",
                                       str(tmp_path / "s.txt")])
     assert result.exit_code == 2 and ".npy, .csv" in result.output
+
+
+
+def test_failed_write_is_one_clear_message(run_dir, tmp_path, monkeypatch):
+    import cnflow.runs
+
+    def disk_full(data, path):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(cnflow.runs, "write_bytes", disk_full)
+    out = tmp_path / "s.npy"
+    result = CliRunner().invoke(cli, ["sample", "-c", str(run_dir), "--out", str(out)])
+    assert result.exit_code == 1
+    assert "cannot write" in result.output and "No space left on device" in result.output
+    assert not out.exists()
