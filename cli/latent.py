@@ -35,9 +35,11 @@ def _command_line(params: dict) -> str:
     for n in params["n_obs"]:
         args += ["--n-obs", str(n)]
     for name in ("iterations", "rnn_iterations", "batch_size", "lr", "final_lr_factor",
-                 "time_subsample", "rtol", "atol", "gradient", "seed", "threads", "device"):
+                 "time_subsample", "rtol", "atol", "gradient", "eval_every", "seed", "threads",
+                 "device"):
         args += [f"--{name.replace('_', '-')}", str(params[name])]
     args.append("--poisson" if params["poisson"] else "--no-poisson")
+    args.append("--train-future" if params["train_future"] else "--window-only")
     args += ["--out", str(params["out"])]
     if params["md"] is not None:
         args += ["--md", str(params["md"])]
@@ -52,17 +54,18 @@ def _command_line(params: dict) -> str:
 @click.option("--n-obs", "n_obs", type=int, multiple=True, default=(30, 50, 100),
               show_default=True, callback=_check_n_obs,
               help="Observations per spiral (1..100); repeat for several.")
-@click.option("--iterations", type=click.IntRange(min=1), default=700, show_default=True,
+@click.option("--iterations", type=click.IntRange(min=1), default=2500, show_default=True,
               help="Training steps of the latent ODE.")
-@click.option("--rnn-iterations", type=click.IntRange(min=1), default=700, show_default=True,
+@click.option("--rnn-iterations", type=click.IntRange(min=1), default=2500, show_default=True,
               help="Training steps of the RNN.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=200, show_default=True)
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-2,
               show_default=True, help="Initial Adam learning rate.")
 @click.option("--final-lr-factor", type=click.FloatRange(min=0, min_open=True), default=0.1,
               show_default=True, help="Last learning rate relative to the first.")
-@click.option("--time-subsample", type=click.IntRange(0, 198), default=10, show_default=True,
-              help="Random grid times per step for the latent ODE's ELBO estimate (0: all).")
+@click.option("--time-subsample", type=click.IntRange(min=0), default=10, show_default=True,
+              help="Random grid times per step for the latent ODE's ELBO estimate (0: all; at "
+                   "most 198, or 98 with --window-only).")
 @click.option("--rtol", type=click.FloatRange(min=0, min_open=True), default=1e-3,
               show_default=True)
 @click.option("--atol", type=click.FloatRange(min=0, min_open=True), default=1e-4,
@@ -71,6 +74,11 @@ def _command_line(params: dict) -> str:
               default="adjoint", show_default=True, help="How the latent ODE is differentiated.")
 @click.option("--poisson/--no-poisson", default=False, show_default=True,
               help="Add the Poisson-process likelihood of the observation times.")
+@click.option("--train-future/--window-only", default=True, show_default=True,
+              help="Also train on the training spirals' 100 points after the window, or on the "
+                   "window alone (then every extrapolated time is unseen in training).")
+@click.option("--eval-every", type=click.IntRange(min=0), default=100, show_default=True,
+              help="Record the test extrapolation RMSE every this many steps (0: never).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
               help="torch CPU threads.")
@@ -106,6 +114,8 @@ def latent(ctx: click.Context, **params) -> None:
         atol=params["atol"],
         gradient=params["gradient"],
         poisson=params["poisson"],
+        train_future=params["train_future"],
+        eval_every=params["eval_every"],
         seed=params["seed"],
         device=params["device"],
     )

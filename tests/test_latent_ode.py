@@ -135,6 +135,49 @@ def test_small_batch_helper_matches_experiment_batches():
     torch.testing.assert_close(sub["weights"][~ends], torch.full((10,), 19.8))
 
 
+def test_window_only_batches_never_look_past_the_window():
+    data = generate_spirals(n_spirals=4, window=100, seed=2)
+    idx = sample_observation_indices(4, 7, 100, generator=torch.Generator().manual_seed(0))
+    split = experiment.Split(data, idx)
+    full = experiment.latent_batch(split, torch.arange(4), 0, torch.Generator(), False)
+    assert full["times"].shape == (100,) and float(full["times"][-1]) == float(data.times[99])
+    assert int(full["target_mask"].sum()) == 4 * 7 and full["event_end_index"] == 99
+    for seed in range(5):
+        sub = experiment.latent_batch(split, torch.arange(4), 10,
+                                      torch.Generator().manual_seed(seed), False)
+        assert sub["times"].shape == (12,) and float(sub["times"][-1]) == float(data.times[99])
+        # 98 window times besides the two ends, each drawn with probability 10 / 98.
+        torch.testing.assert_close(sub["weights"][1:-1], torch.full((10,), 9.8))
+
+
+def test_window_only_rnn_loss_ignores_the_future():
+    data = generate_spirals(n_spirals=4, window=100, seed=2)
+    idx = sample_observation_indices(4, 7, 100, generator=torch.Generator().manual_seed(0))
+    split = experiment.Split(data, idx)
+    index = torch.arange(4)
+    model = RNNBaseline()
+    with torch.no_grad():
+        before = (experiment.rnn_loss(model, split, index, train_future=False),
+                  experiment.rnn_loss(model, split, index))
+        split.data.noisy[:, 100:] += 10.0  # moving the future changes only the full loss
+        after = (experiment.rnn_loss(model, split, index, train_future=False),
+                 experiment.rnn_loss(model, split, index))
+    assert float(before[0]) == float(after[0]) and float(after[1]) > float(before[1]) + 1.0
+
+
+def test_learning_curve_is_recorded_without_changing_the_run():
+    config = _tiny_config(rnn_iterations=10, eval_every=4)
+    train, test = experiment.make_splits(config, n_obs=20)
+    result, curve = experiment.fit_with_curve("rnn", train, test, config)
+    assert curve["step"] == [4, 8, 10]
+    assert curve["rmse_extrapolation"][-1] == experiment.evaluate(result.model, test)[
+        "rmse_extrapolation"]
+    plain = experiment.train_rnn(train, config)
+    assert plain.losses == result.losses
+    with pytest.raises(ValueError, match="unknown model 'gru'"):
+        experiment.new_model("gru", train, config)
+
+
 def test_elbo_gradient_reaches_every_parameter():
     model = LatentODE(poisson=True, rtol=1e-4, atol=1e-5)
     out = model.elbo(**_small_batch(n_obs=4, window=5), gradient="adjoint")
@@ -377,6 +420,8 @@ def test_markdown_goal_is_computed():
         (["--n-obs", "0"], "at least one observation"),
         (["--model", "transformer"], "transformer"),
         (["--iterations", "0"], "--iterations"),
+        (["--window-only", "--time-subsample", "150"], "time_subsample=150 must lie in [0, 98]"),
+        (["--eval-every", "-1"], "--eval-every"),
     ],
 )
 def test_cli_rejects_bad_input_and_writes_nothing(tmp_path, args, message):
@@ -402,11 +447,16 @@ def test_cli_tiny_run_writes_everything(tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics["runs"]) == {"latent-ode/n=10", "rnn/n=10"}
     assert metrics["command"].startswith("cnflow latent --model both --n-obs 10")
+    assert metrics["runs"]["rnn/n=10"]["curve"]["step"] == [2]
+    assert "--train-future --out" in metrics["command"]
     for name in ("checkpoints/latent-ode_n10.pt", "checkpoints/rnn_n10.pt",
-                 "predictions_n10.png", "interpolation_n10.png"):
+                 "predictions_n10.png", "interpolation_n10.png", "learning_curves.png"):
         assert (out / name).stat().st_size > 0, name
     text = md.read_text()
     assert "Table 2 analog" in text and metrics["command"] in text
+    # The figures are embedded in the report, with paths relative to it.
+    assert "![learning curves](latent_ode/learning_curves.png)" in text
+    assert "![predictions n=10](latent_ode/predictions_n10.png)" in text
     checkpoint = torch.load(out / "checkpoints" / "latent-ode_n10.pt", weights_only=False)
     model = LatentODE()
     model.load_state_dict(checkpoint["state_dict"])
