@@ -63,7 +63,7 @@ def _command_line(params: dict) -> str:
               show_default=True, help="Initial Adam learning rate.")
 @click.option("--final-lr-factor", type=click.FloatRange(min=0, min_open=True), default=0.1,
               show_default=True, help="Last learning rate relative to the first.")
-@click.option("--time-subsample", type=click.IntRange(min=0), default=10, show_default=True,
+@click.option("--time-subsample", type=click.IntRange(min=0), default=30, show_default=True,
               help="Random grid times per step for the latent ODE's ELBO estimate (0: all; at "
                    "most 198, or 98 with --window-only).")
 @click.option("--rtol", type=click.FloatRange(min=0, min_open=True), default=1e-3,

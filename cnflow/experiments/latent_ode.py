@@ -76,7 +76,7 @@ class LatentConfig:
     batch_size: int = 200
     lr: float = 1e-2
     final_lr_factor: float = 0.1
-    time_subsample: int = 10
+    time_subsample: int = 30
     rtol: float = 1e-3
     atol: float = 1e-4
     gradient: str = "adjoint"
