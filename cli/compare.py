@@ -73,7 +73,7 @@ def _energy_names() -> list[str]:
 def _dataset_names() -> list[str]:
     import toydata
 
-    return toydata.names()
+    return toydata.names(dim=2)
 
 
 def _apply_quick(ctx: click.Context, params: dict, quick_values: dict) -> dict:

@@ -1,9 +1,11 @@
-"""`cnflow fit`, `cnflow sample`, `cnflow logprob`, `cnflow datasets`: CNFs on 2-D data."""
+"""`cnflow fit`, `cnflow sample`, `cnflow logprob`, `cnflow datasets`: CNF density models of
+tables (CSV/NPY, any number of columns) and of the built-in datasets."""
 
 from __future__ import annotations
 
 import io
 import json
+import warnings
 from dataclasses import fields
 from pathlib import Path
 
@@ -11,8 +13,9 @@ import click
 import numpy as np
 
 import toydata
+from cnflow.density import DYNAMICS, CheckpointError, FitConfig
 from cnflow.solvers import GRADIENT_MODES, METHODS
-from cnflow.training import CheckpointError, FitConfig
+from cnflow.training import LR_SCHEDULES
 
 _DEFAULTS = FitConfig()
 
@@ -22,8 +25,8 @@ def _default(name: str):
 
 
 def _load(checkpoint: str, device: str):
+    from cnflow.density import load_checkpoint
     from cnflow.runs import resolve_device
-    from cnflow.training import load_checkpoint
 
     try:
         return load_checkpoint(checkpoint, resolve_device(device))
@@ -62,104 +65,161 @@ def _write_array(array: np.ndarray, out: Path, header: str) -> None:
         raise click.ClickException(f"cannot write {str(out)!r}: {error.strerror}") from None
 
 
-def _read_points(path: str, dim: int) -> np.ndarray:
-    file = Path(path)
+def _read_points(path: str, state: dict) -> np.ndarray:
+    """The rows of INPUT in the checkpoint's columns: by name where the file has a header
+    with the training columns, else all of its columns in order."""
+    from cnflow.data.tables import DataError, read_table
+
+    columns = state["data"]["columns"]
     try:
-        if file.suffix.lower() == ".npy":
-            data = np.load(file, allow_pickle=False)
-        elif file.suffix.lower() == ".csv":
-            # A header row is allowed: skip a first line that does not parse as numbers.
-            with open(file) as handle:
-                first = handle.readline()
-            try:
-                [float(v) for v in first.strip().split(",") if v.strip()]
-                skip = 0
-            except ValueError:
-                skip = 1
-            data = np.loadtxt(file, delimiter=",", skiprows=skip, ndmin=2)
-        else:
-            raise click.BadParameter(f"{path!r} must be a .npy or .csv file",
-                                     param_hint="INPUT")
-    except (OSError, ValueError) as error:
-        raise click.BadParameter(f"cannot read {path!r}: {error}", param_hint="INPUT") from None
-    data = np.asarray(data, dtype=np.float64)
-    if data.ndim != 2 or data.shape[1] != dim:
-        raise click.BadParameter(f"{path!r} holds an array of shape {data.shape}; expected "
-                                 f"rows of {dim} numbers, shape (n, {dim})", param_hint="INPUT")
-    bad = np.flatnonzero(~np.isfinite(data).all(1))
-    if bad.size:
-        raise click.BadParameter(f"{path!r} has NaN or infinite values in rows "
-                                 f"{bad[:5].tolist()} (first five, counting from 0)",
-                                 param_hint="INPUT")
-    return data
+        table = read_table(path, for_fitting=False)
+        unnamed = table.columns == tuple(f"x{i}" for i in range(len(table.columns)))
+        if not unnamed and set(columns) <= set(table.columns) \
+                and table.columns != tuple(columns):
+            table = read_table(path, columns, for_fitting=False)
+    except DataError as error:
+        raise click.BadParameter(str(error), param_hint="INPUT") from None
+    if table.values.shape[1] != len(columns):
+        raise click.BadParameter(
+            f"{path!r} has {table.values.shape[1]} columns {list(table.columns)}; the model "
+            f"was trained on {len(columns)}: {columns}", param_hint="INPUT")
+    return table.values
+
+
+def _data_argument(ctx, param, value: str) -> str:
+    if value in toydata.names() or Path(value).suffix.lower() in (".csv", ".npy"):
+        return value
+    raise click.BadParameter(
+        f"{value!r} is neither a built-in dataset ({', '.join(toydata.names())}) nor a "
+        ".csv or .npy file", ctx=ctx, param=param)
+
+
+_POSITIVE = click.FloatRange(min=0, min_open=True)
+_FRACTION = click.FloatRange(min=0, max=1, max_open=True)
 
 
 @click.command()
-@click.argument("dataset", type=click.Choice(toydata.names()))
+@click.argument("data", callback=_data_argument)
+@click.option("--columns", default=None,
+              help="Columns of a data file to model, by header name or 0-based index, "
+                   "comma-separated  [default: all]")
+@click.option("--val", "val", type=click.Path(dir_okay=False), default=None,
+              help="Validation rows from this file instead of a split of DATA.")
+@click.option("--val-fraction", type=_FRACTION, default=_default("val_fraction"),
+              show_default=True, help="Share of DATA's rows held out for validation.")
+@click.option("--test", "test", type=click.Path(dir_okay=False), default=None,
+              help="Test rows from this file instead of a split of DATA.")
+@click.option("--test-fraction", type=_FRACTION, default=_default("test_fraction"),
+              show_default=True, help="Share of DATA's rows held out for the test NLL.")
+@click.option("--dequantize", is_flag=True,
+              help="Add uniform noise over each bin of the integer-valued columns.")
+@click.option("--epochs", type=click.IntRange(1), default=_default("epochs"),
+              show_default=True, help="Maximum passes over a data file's training rows.")
+@click.option("--patience", type=click.IntRange(1), default=_default("patience"),
+              show_default=True, help="Stop after this many epochs without a better "
+                                      "validation NLL.")
+@click.option("--max-time", type=_POSITIVE, default=None,
+              help="Budget in CPU seconds of this process (all threads), validation "
+                   "included; the run then stops cleanly with its best weights.")
 @click.option("--iterations", type=click.IntRange(1), default=_default("iterations"),
-              show_default=True, help="Training iterations (one fresh batch each).")
+              show_default=True, help="Built-in datasets: training steps (one fresh batch "
+                                      "each), validated ten times.")
 @click.option("--batch-size", type=click.IntRange(1), default=_default("batch_size"),
               show_default=True)
+@click.option("--dynamics", type=click.Choice(DYNAMICS), default=_default("dynamics"),
+              show_default=True, help="gated: the paper's layer, closed-form trace; "
+                                      "concat_squash: FFJORD's network.")
 @click.option("--width", "-M", type=click.IntRange(1), default=_default("width"),
-              show_default=True, help="Hidden units M of the gated CNF layer.")
+              show_default=True, help="Hidden units M (gated) or layer width (concat_squash).")
 @click.option("--hidden", type=click.IntRange(1), default=_default("hidden"), show_default=True,
-              help="Width of the hypernetwork of t.")
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=_default("lr"),
-              show_default=True, help="Adam learning rate (cosine decay to 1 %).")
-@click.option("--rtol", type=click.FloatRange(min=0, min_open=True), default=_default("rtol"),
-              show_default=True, help="Solver tolerance while training.")
-@click.option("--atol", type=click.FloatRange(min=0, min_open=True), default=_default("atol"),
+              help="Width of the gated layer's hypernetwork of t.")
+@click.option("--depth", type=click.IntRange(1), default=_default("depth"), show_default=True,
+              help="Hidden layers of concat_squash.")
+@click.option("--lr", type=_POSITIVE, default=_default("lr"), show_default=True,
+              help="Adam learning rate.")
+@click.option("--lr-schedule", type=click.Choice(LR_SCHEDULES),
+              default=_default("lr_schedule"), show_default=True,
+              help="cosine: decay to 1 % over the maximum number of steps.")
+@click.option("--weight-decay", type=click.FloatRange(min=0), default=_default("weight_decay"),
               show_default=True)
-@click.option("--eval-tol", type=click.FloatRange(min=0, min_open=True),
-              default=_default("eval_tol"), show_default=True,
-              help="rtol = atol of the exact test log-likelihood.")
+@click.option("--grad-clip", type=_POSITIVE, default=None,
+              help="Clip the gradient norm to this value  [default: no clipping]")
+@click.option("--rtol", type=_POSITIVE, default=_default("rtol"), show_default=True,
+              help="Solver tolerance while training.")
+@click.option("--atol", type=_POSITIVE, default=_default("atol"), show_default=True)
+@click.option("--eval-tol", type=_POSITIVE, default=_default("eval_tol"), show_default=True,
+              help="rtol = atol of the exact validation and test log-likelihoods.")
 @click.option("--method", type=click.Choice(METHODS), default=_default("method"),
               show_default=True)
 @click.option("--gradient", type=click.Choice(GRADIENT_MODES), default=_default("gradient"),
               show_default=True)
-@click.option("--test-size", type=click.IntRange(1), default=_default("test_size"),
-              show_default=True, help="Fresh held-out points for the test NLL.")
+@click.option("--val-size", type=click.IntRange(2), default=_default("val_size"),
+              show_default=True, help="Built-in datasets: held-out validation points.")
+@click.option("--test-size", type=click.IntRange(2), default=_default("test_size"),
+              show_default=True, help="Built-in datasets: fresh held-out points for the "
+                                      "test NLL.")
 @click.option("--kinetic", type=click.FloatRange(min=0), default=_default("kinetic"),
               show_default=True, help="Weight of the kinetic-energy regulariser.")
 @click.option("--jacobian", type=click.FloatRange(min=0), default=_default("jacobian"),
               show_default=True, help="Weight of the Jacobian-Frobenius regulariser.")
-@click.option("--seed", type=int, default=_default("seed"), show_default=True)
+@click.option("--seed", type=click.IntRange(0), default=_default("seed"), show_default=True,
+              help="Initialisation, splits, shuffling and noise.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
               show_default=True)
 @click.option("--out", type=click.Path(file_okay=False), default=None,
-              help="Run directory  [default: results/runs/DATASET]")
+              help="Run directory  [default: results/runs/NAME, NAME the dataset or file stem]")
 @click.option("--resume", type=click.Path(), default=None,
-              help="Run directory or checkpoint to continue from.")
+              help="Run directory or checkpoint to continue from after an interruption or "
+                   "its --max-time (same settings; only --max-time, --patience and "
+                   "--test-size may change).")
 @click.option("--threads", type=click.IntRange(1), default=1, show_default=True,
-              help="CPU threads for torch. A 2-D CNF's tensors are tiny: one thread avoids "
+              help="CPU threads for torch. A CNF's tensors are small: one thread avoids "
                    "thread-synchronisation overhead that can make several threads slower.")
 @click.option("--no-figures", is_flag=True, help="Skip the PNG figures.")
-def fit(dataset: str, out: str | None, device: str, resume: str | None, no_figures: bool,
+def fit(data: str, out: str | None, device: str, resume: str | None, no_figures: bool,
         threads: int, **settings) -> None:
-    """Train a CNF on DATASET by maximum likelihood; write a run directory.
+    """Fit a CNF density model to DATA by maximum likelihood; write a run directory.
 
-    The run directory holds config.json, checkpoint.pt, metrics.json (test NLL next to
-    the dataset's entropy floor) and the figures density.png and snapshots.png.
+    DATA is a built-in dataset (`cnflow datasets` lists them; fresh samples every step)
+    or a .csv/.npy table with one row per observation. A CSV's first row is a header if
+    none of its cells is a number. A file is split into training, validation and test
+    rows (--val-fraction, --test-fraction, or --val/--test files); training runs for at
+    most --epochs with early stopping on the validation NLL and keeps the best weights.
+
+    The run directory holds config.json, checkpoint.pt, metrics.json (train, validation
+    and test NLL in nats and nats per dimension; the entropy floor where it is known)
+    and figures: learning_curves.png, and density.png + snapshots.png for 2-D data or
+    pairs.png (data vs model samples) for other dimensions.
     """
     import torch
 
-    from cnflow.training import fit_mle
+    from cnflow.data.tables import DataError
+    from cnflow.density import fit_run
 
     torch.set_num_threads(threads)
     names = {f.name for f in fields(FitConfig)}
-    config = FitConfig(dataset=dataset, **{k: v for k, v in settings.items() if k in names})
+    try:
+        config = FitConfig(dataset=data, **{k: v for k, v in settings.items() if k in names})
+    except ValueError as error:
+        raise click.UsageError(str(error)) from None
     if resume is not None and not Path(resume).exists():
         raise click.BadParameter(f"{resume!r} does not exist", param_hint="--resume")
-    run_dir = Path(out) if out else Path("results") / "runs" / dataset
-    try:
-        metrics = fit_mle(config, run_dir, device=device, resume=resume,
-                          figures=not no_figures)
-    except (CheckpointError, ValueError) as error:
-        raise click.ClickException(str(error)) from None
+    run_dir = Path(out) if out else Path("results") / "runs" / Path(data).stem
+    with warnings.catch_warnings():
+        # Warnings about the data (integer columns) as one plain line, before training.
+        warnings.showwarning = lambda message, *_, **__: click.echo(f"warning: {message}",
+                                                                    err=True)
+        try:
+            metrics = fit_run(config, run_dir, device=device, resume=resume,
+                              figures=not no_figures)
+        except (DataError, CheckpointError, ValueError) as error:
+            raise click.ClickException(str(error)) from None
     floor = metrics["entropy_floor"]
     gap = "" if floor is None else f"  floor {floor:.4f}  gap {metrics['gap']:+.4f}"
-    click.echo(f"test NLL {metrics['test_nll']:.4f} ± {metrics['test_nll_stderr']:.4f} nats"
-               f"{gap}  ({metrics['wall_seconds']:.0f} s)  -> {run_dir}")
+    click.echo(f"test NLL {metrics['test_nll']:.4f} ± {metrics['test_nll_stderr']:.4f} nats "
+               f"({metrics['test_nll_per_dim']:.4f} per dim){gap}  best epoch "
+               f"{metrics['best_epoch']}/{metrics['epochs_run']} ({metrics['stop_reason']}), "
+               f"{metrics['cpu_seconds']:.0f} CPU-s  -> {run_dir}")
 
 
 @click.command()
@@ -167,34 +227,28 @@ def fit(dataset: str, out: str | None, device: str, resume: str | None, no_figur
               help="Run directory or checkpoint.pt written by `cnflow fit`.")
 @click.option("-n", "--num", type=click.IntRange(1), default=1000, show_default=True)
 @click.option("--out", "-o", required=True, type=click.Path(), help="Output .npy or .csv.")
-@click.option("--plot", type=click.Path(), default=None, help="Also save a scatter PNG.")
+@click.option("--plot", type=click.Path(), default=None,
+              help="Also save a PNG: a scatter for 2-D models, a pair plot otherwise.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
               show_default=True)
 def sample(checkpoint: str, num: int, out: str, plot: str | None, seed: int,
            device: str) -> None:
-    """Draw N samples from a trained CNF."""
+    """Draw N samples from a trained CNF (CSV columns named as in the training data)."""
     import torch
 
     target = _check_output(out, (".npy", ".csv"), "--out")
     plot_path = _check_output(plot, (".png",), "--plot") if plot else None
-    flow, config, _ = _load(checkpoint, device)
+    flow, config, state = _load(checkpoint, device)
     torch.manual_seed(seed)
     points = flow.sample(num).cpu().numpy()
-    _write_array(points, target, "x0,x1")
+    columns = state["data"]["columns"]
+    _write_array(points, target, ",".join(columns))
     if plot_path is not None:
-        import matplotlib
+        from cnflow import plots
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        from cnflow.plots import _save
-
-        fig, ax = plt.subplots(figsize=(5, 5))
-        ax.scatter(points[:, 0], points[:, 1], s=2, alpha=0.5)
-        ax.set_aspect("equal")
-        ax.set_title(f"{num} samples, CNF on {config.dataset}")
-        _save(fig, plot_path)
+        plots.sample_plot(points, columns, plot_path,
+                          title=f"{num} samples, CNF on {Path(config.dataset).name}")
     click.echo(f"wrote {num} samples to {target}")
 
 
@@ -204,20 +258,24 @@ def sample(checkpoint: str, num: int, out: str, plot: str | None, seed: int,
 @click.argument("input", type=click.Path())
 @click.option("--out", "-o", type=click.Path(), default=None,
               help="Write log p to this .npy/.csv instead of standard output.")
-@click.option("--tol", type=click.FloatRange(min=0, min_open=True), default=None,
+@click.option("--tol", type=_POSITIVE, default=None,
               help="Solver rtol = atol  [default: the run's eval tolerance]")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
               show_default=True)
 def logprob(checkpoint: str, input: str, out: str | None, tol: float | None,
             device: str) -> None:
-    """Exact log-density of every row of INPUT (.npy or .csv with 2 columns)."""
+    """Exact log-density (nats) of every row of INPUT (.npy or .csv).
+
+    A CSV whose header holds the training columns is read by name; otherwise INPUT must
+    have exactly the model's columns, in the training order.
+    """
     import torch
 
     if not Path(input).is_file():
         raise click.BadParameter(f"{input!r} does not exist", param_hint="INPUT")
     target = _check_output(out, (".npy", ".csv"), "--out") if out else None
-    flow, _, _ = _load(checkpoint, device)
-    points = _read_points(input, flow.dim)
+    flow, _, state = _load(checkpoint, device)
+    points = _read_points(input, state)
     anchor = next(flow.buffers())
     with torch.no_grad():
         values = flow.log_prob(torch.as_tensor(points, dtype=anchor.dtype, device=anchor.device),
@@ -232,7 +290,7 @@ def logprob(checkpoint: str, input: str, out: str | None, tol: float | None,
 @click.command()
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def datasets(as_json: bool) -> None:
-    """List the 2-D datasets with their entropy floors (nats)."""
+    """List the datasets with their dimension and entropy floor (nats)."""
     rows = []
     for name in toydata.names():
         data = toydata.get(name)
@@ -240,12 +298,13 @@ def datasets(as_json: bool) -> None:
             floor = data.entropy()
         except NotImplementedError:
             floor = None
-        rows.append({"name": name, "entropy_floor": floor, "description": data.description})
+        rows.append({"name": name, "dim": data.dim, "entropy_floor": floor,
+                     "description": data.description})
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
     width = max(len(r["name"]) for r in rows)
-    click.echo(f"{'dataset':<{width}}  floor (nats)  description")
+    click.echo(f"{'dataset':<{width}}  dim  floor (nats)  description")
     for r in rows:
         floor = "n/a" if r["entropy_floor"] is None else f"{r['entropy_floor']:.4f}"
-        click.echo(f"{r['name']:<{width}}  {floor:>12}  {r['description']}")
+        click.echo(f"{r['name']:<{width}}  {r['dim']:>3}  {floor:>12}  {r['description']}")

@@ -1,4 +1,6 @@
-"""Figures for 2-D flows: data | model density | model samples, and noise → data snapshots."""
+"""Figures of a fitted flow: for 2-D data, data | model density | model samples and noise →
+data snapshots; for any dimension, a pair plot of data against model samples; learning
+curves. Every figure is written through :func:`save_figure`."""
 
 from __future__ import annotations
 
@@ -17,13 +19,18 @@ import toydata
 from cnflow.flows.base import Flow
 
 
-def _save(fig: plt.Figure, path: str | Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    tmp.replace(path)
+def save_figure(fig: plt.Figure, path: str | Path) -> None:
+    """Save ``fig`` as PNG atomically (a temporary file made safely, then renamed); close it."""
+    import io
+
+    from cnflow.runs import write_bytes
+
+    buffer = io.BytesIO()
+    try:
+        fig.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
+    finally:
+        plt.close(fig)
+    write_bytes(buffer.getvalue(), path)
 
 
 def plot_extent(points: np.ndarray, margin: float = 0.15) -> tuple[float, float, float, float]:
@@ -69,25 +76,99 @@ def _show_points(ax: plt.Axes, points: np.ndarray, extent, title: str) -> None:
     ax.set_title(title)
 
 
-def density_panels(flow: Flow, dataset: str, path: str | Path, n_samples: int = 20000,
-                   seed: int = 0) -> None:
-    """Three equal-aspect panels: data, model density on a grid, model samples."""
-    data = toydata.get(dataset).sample(n_samples, seed=seed)
+def density_panels(flow: Flow, data: np.ndarray | str, path: str | Path,
+                   n_samples: int = 20000, seed: int = 0) -> None:
+    """Three equal-aspect panels: data, model density on a grid, model samples.
+
+    ``data`` is an ``(n, 2)`` array of reference points or the name of a toy dataset.
+    """
+    title = "data"
+    if isinstance(data, str):
+        title = f"data ({data})"
+        data = toydata.get(data).sample(n_samples, seed=seed)
+    data = np.asarray(data, dtype=np.float64)
     extent = plot_extent(data)
     was_training = flow.training
     flow.eval()
     density = density_grid(_flow_log_prob(flow), extent)
-    samples = flow.sample(n_samples).cpu().numpy()
+    samples = flow.sample(min(n_samples, max(len(data), 5000))).cpu().numpy()
     flow.train(was_training)
     sns.set_theme(style="white")
     fig, axes = plt.subplots(1, 3, figsize=(12, 4.2))
-    _show_points(axes[0], data, extent, f"data ({dataset})")
+    _show_points(axes[0], data, extent, title)
     _show_density(axes[1], density, extent, "model density")
     _show_points(axes[2], samples, extent, "model samples")
     for ax in axes:
         ax.set_xticks([])
         ax.set_yticks([])
-    _save(fig, path)
+    save_figure(fig, path)
+
+
+def pair_plot(flow: Flow, data: np.ndarray, columns, path: str | Path, max_columns: int = 4,
+              n: int = 2000) -> None:
+    """Seaborn pair plot of data rows against model samples on the first few columns."""
+    import pandas as pd
+
+    data = np.asarray(data, dtype=np.float64)[:n]
+    was_training = flow.training
+    flow.eval()
+    samples = flow.sample(len(data)).cpu().numpy()
+    flow.train(was_training)
+    shown = list(columns)[:max_columns]
+    frame = pd.DataFrame(np.concatenate([data, samples])[:, : len(shown)], columns=shown)
+    frame["source"] = ["data"] * len(data) + ["model"] * len(samples)
+    sns.set_theme(style="white")
+    grid = sns.pairplot(frame, hue="source", corner=True, diag_kind="kde", height=2.0,
+                        plot_kws={"s": 4, "alpha": 0.4, "linewidth": 0})
+    total = len(list(columns))
+    grid.figure.suptitle(f"{len(data)} test rows vs {len(samples)} model samples"
+                         + (f" (columns 1-{len(shown)} of {total})" if total > len(shown)
+                            else ""), y=1.02)
+    save_figure(grid.figure, path)
+
+
+def sample_plot(points: np.ndarray, columns, path: str | Path, title: str = "") -> None:
+    """Model samples alone: a scatter in 2-D, a histogram in 1-D, a pair plot otherwise."""
+    import pandas as pd
+
+    columns = list(columns)
+    sns.set_theme(style="white")
+    if len(columns) == 2:
+        fig, ax = plt.subplots(figsize=(5, 5))
+        ax.scatter(points[:, 0], points[:, 1], s=2, alpha=0.5)
+        ax.set(aspect="equal", xlabel=columns[0], ylabel=columns[1], title=title)
+    elif len(columns) == 1:
+        fig, ax = plt.subplots(figsize=(5, 4))
+        sns.histplot(points[:, 0], bins=80, stat="density", ax=ax)
+        ax.set(xlabel=columns[0], title=title)
+    else:
+        shown = columns[:4]
+        grid = sns.pairplot(pd.DataFrame(points[:2000, : len(shown)], columns=shown),
+                            corner=True, diag_kind="kde", height=2.0,
+                            plot_kws={"s": 4, "alpha": 0.4, "linewidth": 0})
+        grid.figure.suptitle(title, y=1.02)
+        fig = grid.figure
+    save_figure(fig, path)
+
+
+def learning_curves(records: list[dict], path: str | Path, floor: float | None = None) -> None:
+    """Training loss and validation NLL against the training step."""
+    steps = [r["step"] for r in records]
+    sns.set_theme(style="whitegrid")
+    fig, ax = plt.subplots(figsize=(6, 4))
+    train = [(s, r["train_loss"]) for s, r in zip(steps, records) if r["train_loss"] is not None]
+    if train:
+        ax.plot(*zip(*train), marker=".", label="training loss (epoch mean)")
+    val = [(s, r["val_nll"]) for s, r in zip(steps, records) if r["val_nll"] is not None]
+    if val:
+        ax.plot(*zip(*val), marker=".", label="validation NLL")
+        best = min(val, key=lambda p: p[1])
+        ax.scatter([best[0]], [best[1]], color="black", zorder=3, label="best (restored)")
+    if floor is not None:
+        ax.axhline(floor, color="gray", linestyle=":", label="entropy floor")
+    ax.set(xlabel="training step", ylabel="nats per row", title="Learning curves")
+    ax.legend()
+    save_figure(fig, path)
 
 
 def flow_snapshots(flow, path: str | Path, n: int = 5000, fractions=(0.0, 0.25, 0.5, 0.75, 1.0),
@@ -108,4 +189,4 @@ def flow_snapshots(flow, path: str | Path, n: int = 5000, fractions=(0.0, 0.25, 
         _show_points(ax, points, extent, f"t = {frac:.2f} T")
         ax.set_xticks([])
         ax.set_yticks([])
-    _save(fig, path)
+    save_figure(fig, path)

@@ -42,6 +42,9 @@ def _atomic_write(path: Path, write) -> None:
     try:
         with os.fdopen(fd, "wb") as handle:
             write(handle)
+            # On disk before the rename, so a crash cannot leave an empty file at ``path``.
+            handle.flush()
+            os.fsync(handle.fileno())
         # mkstemp makes the file private (0600); give it the usual permissions instead.
         umask = os.umask(0)
         os.umask(umask)

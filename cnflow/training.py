@@ -1,246 +1,418 @@
-"""Maximum-likelihood training of a CNF on a 2-D toy dataset, as plain functions.
+"""The one training loop: minibatch maximum likelihood for any flow, on a finite table or on
+endless fresh samples.
 
-``fit_mle`` is what ``cnflow fit`` runs: fresh samples every iteration (the infinite-data
-regime of the paper's toy experiments), Adam with cosine decay, a run directory holding the
-config, an atomically written checkpoint, ``metrics.json`` and figures.
+:func:`fit` is a plain function: give it a flow, training data, validation data and a
+:class:`TrainConfig`; it returns a :class:`History`. What it does, in order of the loop:
+
+* **epochs** over shuffled minibatches (a torch ``DataLoader`` over the table, reshuffled
+  from a generator seeded by ``(seed, epoch)``), or, for :class:`EndlessSamples`, "epochs" of
+  ``steps_per_epoch`` fresh batches (the infinite-data regime of the paper's toy runs);
+* Adam with cosine decay to 1 % of the learning rate over the maximum number of steps, and
+  optional gradient-norm clipping;
+* after every epoch, the **validation NLL** in eval mode (exact trace, the flow's eval
+  tolerance); the best-validation weights are kept, and restored at the end;
+* **early stopping** after ``patience`` validations without improvement, a **CPU-time
+  budget** (``max_time``, CPU seconds of this process, so it means the same on a loaded
+  machine), and a clean stop when the loss becomes non-finite;
+* an atomically written **checkpoint** after every epoch holding everything needed to
+  continue: weights (best and last), optimizer, schedule, loop counters, history and the
+  torch RNG state. Resuming from an epoch's checkpoint repeats the uninterrupted run bit for
+  bit on CPU.
+
+Example:
+    >>> import torch
+    >>> from cnflow.flows.cnf import CNF, GatedHyperDynamics
+    >>> flow = CNF(GatedHyperDynamics(dim=3, width=4, hidden=4), dim=3)
+    >>> x = torch.randn(64, 3)
+    >>> history = fit(flow, x[:48], x[48:], TrainConfig(epochs=1, batch_size=16),
+    ...               progress=False)
+    >>> history.epochs_run
+    1
 """
 
 from __future__ import annotations
 
+import copy
 import math
 import time
-from dataclasses import asdict, dataclass, fields
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from torch.utils.data import BatchSampler, DataLoader, RandomSampler, TensorDataset
 from tqdm.auto import tqdm
 
-import toydata
-from cnflow.flows.cnf import CNF, GatedHyperDynamics
-from cnflow.runs import environment, resolve_device, save_checkpoint, write_json
+from cnflow.flows.base import Flow
+from cnflow.runs import save_checkpoint
+from cnflow.solvers import ODESolverError
 
-CHECKPOINT_FORMAT = "cnflow-cnf"
-CHECKPOINT_VERSION = 1
-# Fixed seeds keep training batches, the normalisation sample and the test sample disjoint.
-_NORMALIZATION_SEED = 10**6
-_TEST_SEED = 2 * 10**6
+LR_SCHEDULES = ("cosine", "constant")
+
+
+def _check_number(name: str, value: Any, *, integer: bool = False, minimum: float = 0,
+                  allow_zero: bool = False, optional: bool = False) -> None:
+    if value is None and optional:
+        return
+    kinds = (int,) if integer else (int, float)
+    ok = isinstance(value, kinds) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (value >= minimum if allow_zero else value > minimum)
+    if not ok:
+        what = "an integer" if integer else "a number"
+        bound = f">= {minimum}" if allow_zero else f"> {minimum}"
+        none = " or None" if optional else ""
+        raise ValueError(f"{name} must be {what} {bound}{none}, got {value!r}")
 
 
 @dataclass
-class FitConfig:
-    """Everything that defines a ``cnflow fit`` run (saved as ``config.json``)."""
+class TrainConfig:
+    """Settings of the training loop.
 
-    dataset: str = "two_moons"
-    iterations: int = 800
-    batch_size: int = 512
-    width: int = 128
-    hidden: int = 64
-    time: float = 1.0
-    lr: float = 1e-2
-    # Training solves can be loose: the reported test NLL is computed separately, at
-    # eval_tol with the exact trace.
-    rtol: float = 1e-4
-    atol: float = 1e-4
-    method: str = "dopri5"
-    gradient: str = "adjoint"
-    eval_tol: float = 1e-7
-    test_size: int = 20000
-    seed: int = 0
-    kinetic: float = 0.0
-    jacobian: float = 0.0
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> FitConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"config has unknown keys {unknown}")
-        return cls(**data)
-
-
-class CheckpointError(ValueError):
-    """A checkpoint is missing, corrupt, or not a cnflow CNF checkpoint."""
-
-
-def build_cnf(config: FitConfig) -> CNF:
-    """The model a config describes (untrained)."""
-    dynamics = GatedHyperDynamics(dim=2, width=config.width, hidden=config.hidden)
-    return CNF(dynamics, dim=2, time=config.time, method=config.method, rtol=config.rtol,
-               atol=config.atol, eval_rtol=config.eval_tol, eval_atol=config.eval_tol,
-               gradient=config.gradient, kinetic=config.kinetic, jacobian=config.jacobian)
-
-
-def checkpoint_path(path: str | Path) -> Path:
-    """Accept a run directory or a checkpoint file."""
-    path = Path(path)
-    return path / "checkpoint.pt" if path.is_dir() else path
-
-
-def load_checkpoint(path: str | Path, device: torch.device | str = "cpu"
-                    ) -> tuple[CNF, FitConfig, dict[str, Any]]:
-    """Load a CNF written by ``cnflow fit``: the flow (eval mode), its config, the raw state.
-
-    Raises:
-        CheckpointError: missing file, unreadable or foreign content.
+    Args:
+        epochs: maximum number of epochs (passes over the table; for endless samples,
+            blocks of ``steps_per_epoch`` fresh batches).
+        batch_size: rows per minibatch.
+        lr: Adam's learning rate.
+        lr_schedule: ``"cosine"`` (decay to 1 % over ``epochs`` epochs) or ``"constant"``.
+        weight_decay: Adam's L2 penalty.
+        grad_clip: clip the gradient's global norm to this value; None for no clipping.
+        patience: stop after this many validations without a new best; None never stops
+            early.
+        max_time: CPU-seconds budget of this process for the whole loop (validation
+            included); None for no budget.
+        seed: seeds the weights' initialisation (by the caller), the shuffling and every
+            random draw of the loop.
     """
-    file = checkpoint_path(path)
-    if not file.exists():
-        raise CheckpointError(f"checkpoint {str(file)!r} does not exist")
-    try:
-        state = torch.load(file, map_location=device, weights_only=True)
-    except Exception as error:  # noqa: BLE001 - a damaged file raises many types
-        raise CheckpointError(f"checkpoint {str(file)!r} cannot be read "
-                              f"({type(error).__name__}); it is corrupt or not a "
-                              "checkpoint") from None
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{str(file)!r} is not a cnflow CNF checkpoint (expected "
-                              f"format {CHECKPOINT_FORMAT!r})")
-    if state.get("version") != CHECKPOINT_VERSION:
-        raise CheckpointError(f"{str(file)!r} has checkpoint version {state.get('version')!r}; "
-                              f"this cnflow reads version {CHECKPOINT_VERSION}")
-    try:
-        config = FitConfig.from_dict(state["config"])
-        flow = build_cnf(config)
-        flow.load_state_dict(state["model"])
-    except (KeyError, ValueError, RuntimeError, TypeError) as error:
-        raise CheckpointError(f"{str(file)!r} does not hold a valid CNF: {error}") from None
-    return flow.to(device).eval(), config, state
+
+    epochs: int = 100
+    batch_size: int = 512
+    lr: float = 1e-2
+    lr_schedule: str = "cosine"
+    weight_decay: float = 0.0
+    grad_clip: float | None = None
+    patience: int | None = 10
+    max_time: float | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check_number("epochs", self.epochs, integer=True)
+        _check_number("batch_size", self.batch_size, integer=True)
+        _check_number("lr", self.lr)
+        _check_number("weight_decay", self.weight_decay, allow_zero=True)
+        _check_number("grad_clip", self.grad_clip, optional=True)
+        _check_number("patience", self.patience, integer=True, optional=True)
+        _check_number("max_time", self.max_time, optional=True)
+        _check_number("seed", self.seed, integer=True, allow_zero=True)
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule={self.lr_schedule!r} is not one of "
+                             f"{list(LR_SCHEDULES)}")
+
+    def loop_settings(self) -> dict[str, Any]:
+        """Only the fields of :class:`TrainConfig` (a subclass may add its own)."""
+        return {f: getattr(self, f) for f in TrainConfig.__dataclass_fields__}
 
 
-def _dataset_samples(name: str, n: int, seed: int) -> torch.Tensor:
-    return torch.as_tensor(toydata.get(name).sample(n, seed=seed), dtype=torch.float32)
+class EndlessSamples:
+    """Fresh samples every step, for data sources that can draw as many points as asked.
+
+    Args:
+        sample: ``sample(n, seed) -> (n, dim)`` tensor, reproducible for a seed.
+        steps_per_epoch: steps between two validations (and checkpoints).
+        seed: the batch of step ``i`` is ``sample(batch_size, seed * 10**7 + i)``.
+        steps: total number of steps; the last epoch is shorter where ``steps_per_epoch``
+            does not divide it. Then :func:`fit` runs ``epochs`` epochs, whatever its
+            config says.
+    """
+
+    def __init__(self, sample: Callable[[int, int], torch.Tensor], steps_per_epoch: int,
+                 seed: int = 0, steps: int | None = None):
+        _check_number("steps_per_epoch", steps_per_epoch, integer=True)
+        _check_number("steps", steps, integer=True, optional=True)
+        self.sample, self.steps_per_epoch, self.seed = sample, steps_per_epoch, seed
+        self.steps = steps
+
+    @property
+    def epochs(self) -> int | None:
+        return None if self.steps is None else math.ceil(self.steps / self.steps_per_epoch)
+
+    def total_steps(self, epochs: int) -> int:
+        total = epochs * self.steps_per_epoch
+        return total if self.steps is None else min(total, self.steps)
+
+    def batches(self, epoch: int, batch_size: int) -> Iterator[torch.Tensor]:
+        first = epoch * self.steps_per_epoch
+        last = self.total_steps(epoch + 1)
+        for step in range(first, last):
+            yield self.sample(batch_size, self.seed * 10**7 + step)
+
+
+class _Table:
+    """Shuffled minibatches of a finite table through a torch ``DataLoader``."""
+
+    def __init__(self, data: torch.Tensor, batch_size: int, seed: int):
+        self.dataset = TensorDataset(data)
+        self.seed = seed
+        # A small last batch would give a noisy step; drop it whenever a full batch exists.
+        self.drop_last = len(data) > batch_size
+        self.steps_per_epoch = (len(data) // batch_size if self.drop_last else 1)
+
+    def total_steps(self, epochs: int) -> int:
+        return epochs * self.steps_per_epoch
+
+    def batches(self, epoch: int, batch_size: int) -> Iterator[torch.Tensor]:
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        sampler = BatchSampler(RandomSampler(self.dataset, generator=generator), batch_size,
+                               drop_last=self.drop_last)
+        # batch_size=None: the sampler yields whole index lists, fetched in one indexing.
+        for (batch,) in DataLoader(self.dataset, sampler=sampler, batch_size=None):
+            yield batch
+
+
+@dataclass
+class History:
+    """What :func:`fit` did.
+
+    Attributes:
+        records: one dict per epoch: ``epoch``, ``step``, ``train_loss`` (mean over the
+            epoch), ``val_nll``, ``lr``, ``nfe_forward``/``nfe_backward`` (means),
+            ``cpu_seconds``, ``wall_seconds`` (cumulative).
+        best_epoch: the epoch whose weights were restored (1-based; 0: the initial ones).
+        best_val_nll: its validation NLL (nats per row), None without validation data.
+        stop_reason: ``"epochs"``, ``"early stopping"``, ``"time budget"`` or
+            ``"non-finite loss"`` (None while a run goes on).
+    """
+
+    records: list[dict[str, Any]] = field(default_factory=list)
+    best_epoch: int = 0
+    best_val_nll: float | None = None
+    stop_reason: str | None = None
+    steps: int = 0
+    cpu_seconds: float = 0.0
+    wall_seconds: float = 0.0
+
+    @property
+    def epochs_run(self) -> int:
+        return len(self.records)
+
+    def summary(self) -> dict[str, Any]:
+        """Scalars for a metrics file (the per-epoch records stay in ``records``)."""
+        def mean(key: str) -> float | None:
+            values = [r[key] for r in self.records if r[key] is not None]
+            return float(np.mean(values)) if values else None
+
+        return {"best_epoch": self.best_epoch, "best_val_nll": self.best_val_nll,
+                "epochs_run": self.epochs_run, "steps": self.steps,
+                "stop_reason": self.stop_reason, "train_cpu_seconds": self.cpu_seconds,
+                "train_wall_seconds": self.wall_seconds,
+                "nfe_forward_mean": mean("nfe_forward"),
+                "nfe_backward_mean": mean("nfe_backward")}
 
 
 @torch.no_grad()
-def evaluate(flow: CNF, x: torch.Tensor, batch: int = 10000) -> tuple[np.ndarray, int]:
-    """Per-point test NLL with the exact trace at the eval tolerance, and the NFE."""
+def evaluate(flow: Flow, x: torch.Tensor, batch: int = 10000) -> tuple[np.ndarray, int]:
+    """Per-row NLL in eval mode (exact trace, eval tolerance) and the forward NFE spent."""
     was_training = flow.training
     flow.eval()
+    anchor = flow._anchor
     nll, nfe = [], 0
     for chunk in torch.split(x, batch):
-        nll.append(-flow.log_prob(chunk))
-        nfe += flow.last_stats.forward.nfe
+        nll.append(-flow.log_prob(chunk.to(anchor.device, anchor.dtype)))
+        stats = getattr(flow, "last_stats", None)
+        nfe += stats.forward.nfe if stats is not None else 0
     flow.train(was_training)
     return torch.cat(nll).double().cpu().numpy(), nfe
 
 
-def _mean_and_stderr(values: np.ndarray) -> tuple[float, float]:
-    return float(values.mean()), float(values.std(ddof=1) / math.sqrt(len(values)))
+def _nfe(flow: Flow) -> tuple[int | None, int | None]:
+    stats = getattr(flow, "last_stats", None)
+    if stats is None:
+        return None, None
+    return stats.forward.nfe, stats.backward.nfe if stats.backward else 0
 
 
-def fit_mle(config: FitConfig, out_dir: str | Path, device: str = "auto",
-            resume: str | Path | None = None, progress: bool | None = None,
-            figures: bool = True) -> dict[str, Any]:
-    """Train a CNF on ``config.dataset`` by maximum likelihood and write a run directory.
+def fit(flow: Flow, train: torch.Tensor | EndlessSamples, val: torch.Tensor | None,
+        config: TrainConfig, *, checkpoint: str | Path | None = None,
+        resume: dict[str, Any] | None = None, extra_state: dict[str, Any] | None = None,
+        augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        on_epoch: Callable[[dict[str, Any]], None] | None = None,
+        progress: bool | None = None, desc: str = "fit") -> History:
+    """Train ``flow`` by maximum likelihood; restore its best-validation weights.
 
     Args:
-        config: the run's settings.
-        out_dir: run directory (created); receives config.json, checkpoint.pt,
-            metrics.json and the figures.
-        device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
-        resume: a run directory or checkpoint to continue from (same model settings).
-        progress: show a progress bar; ``None`` shows it only on a terminal.
-        figures: write the PNG figures.
+        flow: any :class:`~cnflow.flows.base.Flow`, already on its device and normalised.
+        train: a ``(n, dim)`` tensor (finite data: epochs over shuffled minibatches) or
+            :class:`EndlessSamples`.
+        val: ``(m, dim)`` validation rows, or None (then the last weights are kept).
+        config: loop settings.
+        checkpoint: file rewritten atomically after every epoch.
+        resume: a checkpoint dict written by this function; the loop continues after its
+            last completed epoch.
+        extra_state: entries stored in every checkpoint beside the loop's own (for
+            example, what is needed to rebuild the model).
+        augment: applied to every training batch (for example dequantisation noise).
+        on_epoch: called with each epoch's record, after its checkpoint is written.
+        progress: show a progress bar; None shows it only on a terminal.
+        desc: the progress bar's label.
 
     Returns:
-        The metrics written to ``metrics.json``.
+        The :class:`History`; ``flow`` holds the best-validation weights, in train mode.
     """
-    dataset = toydata.get(config.dataset)  # raises with the list of names
-    dev = resolve_device(device)
-    out = Path(out_dir)
-    start = time.perf_counter()
-    cpu_start = time.process_time()
-    torch.manual_seed(config.seed)
-    flow = build_cnf(config).to(dev)
-    flow.set_normalization(_dataset_samples(config.dataset, 20000, _NORMALIZATION_SEED).to(dev))
-    optimizer = torch.optim.Adam(flow.parameters(), lr=config.lr)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
-        optimizer, T_max=config.iterations, eta_min=config.lr * 1e-2)
-    first = 0
+    if not isinstance(flow, Flow):
+        raise TypeError(f"flow must be a cnflow Flow, got {type(flow).__name__}")
+    if not isinstance(config, TrainConfig):
+        raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
+    if isinstance(train, torch.Tensor):
+        train = flow.check_points(train, "train")
+        if len(train) < 2:
+            raise ValueError(f"train must hold at least 2 rows, got {len(train)}")
+        source = _Table(train.cpu(), config.batch_size, config.seed)
+    elif isinstance(train, EndlessSamples):
+        source = train
+        if train.epochs is not None:
+            config = TrainConfig(**{**config.loop_settings(), "epochs": train.epochs})
+    else:
+        raise TypeError(f"train must be a tensor or EndlessSamples, got {type(train).__name__}")
+    if val is not None:
+        val = flow.check_points(val, "val")
+    device = flow._anchor.device
+
+    optimizer = torch.optim.Adam(flow.parameters(), lr=config.lr,
+                                 weight_decay=config.weight_decay)
+    total_steps = source.total_steps(config.epochs)
+    scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(
+        optimizer, T_max=total_steps, eta_min=config.lr * 1e-2)
+        if config.lr_schedule == "cosine" else None)
+    history = History()
+    best_weights = copy.deepcopy(flow.state_dict())
+    best_val, bad_rounds, first_epoch = math.inf, 0, 0
     if resume is not None:
-        _, previous_config, state = load_checkpoint(resume, dev)
-        model_keys = ("width", "hidden", "time", "dataset")
-        changed = [k for k in model_keys if getattr(previous_config, k) != getattr(config, k)]
-        if changed:
-            raise ValueError(f"cannot resume {str(resume)!r}: it was trained with different "
-                             f"{changed}; use the same settings or start a new run")
-        flow.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        first = int(state["iteration"])
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(asdict(config), out / "config.json")
+        loop = resume["loop"]
+        flow.load_state_dict(resume["last_model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        if scheduler is not None:
+            scheduler.load_state_dict(resume["scheduler"])
+        best_weights = resume["model"]
+        best_val = loop["best_val"] if loop["best_val"] is not None else math.inf
+        bad_rounds, first_epoch = loop["bad_rounds"], loop["epoch"]
+        history = History(records=list(loop["records"]), best_epoch=loop["best_epoch"],
+                          best_val_nll=loop["best_val"], steps=loop["steps"],
+                          cpu_seconds=loop["cpu_seconds"], wall_seconds=loop["wall_seconds"])
+        torch.set_rng_state(resume["rng"])
+    cpu_start = time.process_time() - history.cpu_seconds
+    wall_start = time.perf_counter() - history.wall_seconds
 
-    def checkpoint(iteration: int) -> None:
+    def out_of_time() -> bool:
+        return config.max_time is not None and time.process_time() - cpu_start >= config.max_time
+
+    def save(epoch: int) -> None:
+        if checkpoint is None:
+            return
         save_checkpoint({
-            "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION,
-            "config": asdict(config), "model": flow.state_dict(),
-            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "iteration": iteration,
-        }, out / "checkpoint.pt")
+            **(extra_state or {}), "model": best_weights, "last_model": flow.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict() if scheduler is not None else None,
+            "rng": torch.get_rng_state(), "train_config": config.loop_settings(),
+            "loop": {"epoch": epoch, "steps": history.steps, "best_val": history.best_val_nll,
+                     "best_epoch": history.best_epoch, "bad_rounds": bad_rounds,
+                     "records": history.records, "cpu_seconds": history.cpu_seconds,
+                     "wall_seconds": history.wall_seconds,
+                     "stop_reason": history.stop_reason},
+        }, checkpoint)
 
+    if resume is None:
+        torch.manual_seed(config.seed)
     flow.train()
-    nfe_forward, nfe_backward, losses = [], [], []
-    bar = tqdm(range(first, config.iterations), initial=first, total=config.iterations,
-               disable=(not progress) if progress is not None else None,
-               desc=f"fit {config.dataset}", unit="it", dynamic_ncols=True)
-    every = max(1, config.iterations // 10)
-    for iteration in bar:
-        x = _dataset_samples(config.dataset, config.batch_size, config.seed * 10**7 + iteration)
-        loss = -flow.log_prob(x.to(dev)).mean()
-        optimizer.zero_grad(set_to_none=True)
-        (loss + flow.regularization()).backward()
-        optimizer.step()
-        scheduler.step()
-        stats = flow.last_stats
-        nfe_forward.append(stats.forward.nfe)
-        nfe_backward.append(stats.backward.nfe if stats.backward else 0)
-        losses.append(loss.item())
-        bar.set_postfix(loss=f"{losses[-1]:.4f}", nfe_f=nfe_forward[-1],
-                        nfe_b=nfe_backward[-1], refresh=False)
-        if (iteration + 1) % every == 0:
-            checkpoint(iteration + 1)
+    bar = tqdm(total=total_steps, initial=history.steps, desc=desc, unit="step",
+               disable=(not progress) if progress is not None else None, dynamic_ncols=True)
+    # A resumed run that had ended by itself stays ended; one stopped by its time budget
+    # continues if the budget now allows.
+    stop = resume["loop"]["stop_reason"] if resume is not None else None
+    stop = None if stop == "time budget" else stop
+    val_nll = None
+    for epoch in range(first_epoch, config.epochs):
+        if stop is None and out_of_time():
+            stop = "time budget"
+        if stop is not None:
+            break
+        losses, nfe_f, nfe_b = [], [], []
+        for batch in source.batches(epoch, config.batch_size):
+            x = batch.to(device, flow._anchor.dtype)
+            if augment is not None:
+                x = augment(x)
+            try:
+                loss = -flow.log_prob(x).mean()
+                penalty = flow.regularization() if hasattr(flow, "regularization") else 0.0
+                optimizer.zero_grad(set_to_none=True)
+                if not torch.isfinite(loss):
+                    stop = "non-finite loss"
+                    break
+                (loss + penalty).backward()
+            except ODESolverError:
+                # A blown-up field: stop like a non-finite loss, keeping the best weights.
+                stop = "non-finite loss"
+                break
+            if config.grad_clip is not None:
+                torch.nn.utils.clip_grad_norm_(flow.parameters(), config.grad_clip)
+            optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
+            history.steps += 1
+            losses.append(loss.item())
+            forward, backward = _nfe(flow)
+            if forward is not None:
+                nfe_f.append(forward)
+                nfe_b.append(backward)
+            bar.update()
+            bar.set_postfix(loss=f"{losses[-1]:.4f}", val=f"{val_nll:.4f}" if val_nll else "-",
+                            nfe_f=forward, nfe_b=backward, refresh=False)
+            if out_of_time():
+                stop = "time budget"
+                break
+        if val is not None:
+            val_nll = float(evaluate(flow, val)[0].mean())
+            if val_nll < best_val:
+                best_val, bad_rounds = val_nll, 0
+                best_weights = copy.deepcopy(flow.state_dict())
+                history.best_epoch, history.best_val_nll = epoch + 1, val_nll
+            else:
+                bad_rounds += 1
+        else:
+            best_weights = copy.deepcopy(flow.state_dict())
+            history.best_epoch = epoch + 1
+        history.cpu_seconds = time.process_time() - cpu_start
+        history.wall_seconds = time.perf_counter() - wall_start
+        record = {
+            "epoch": epoch + 1, "step": history.steps,
+            "train_loss": float(np.mean(losses)) if losses else None, "val_nll": val_nll,
+            "lr": optimizer.param_groups[0]["lr"],
+            "nfe_forward": float(np.mean(nfe_f)) if nfe_f else None,
+            "nfe_backward": float(np.mean(nfe_b)) if nfe_b else None,
+            "cpu_seconds": history.cpu_seconds, "wall_seconds": history.wall_seconds,
+        }
+        history.records.append(record)
+        if stop is None and config.patience is not None and bad_rounds >= config.patience:
+            stop = "early stopping"
+        if stop is None and out_of_time():
+            stop = "time budget"
+        if stop is None and epoch + 1 == config.epochs:
+            stop = "epochs"
+        history.stop_reason = stop  # None while the run goes on
+        save(epoch + 1)
+        if on_epoch is not None:
+            on_epoch(record)
+        if stop is not None:
+            break
     bar.close()
-    checkpoint(config.iterations)
-    train_seconds = time.perf_counter() - start
+    history.stop_reason = stop or "epochs"
+    # The last checkpoint already holds these weights as "model" (and the current ones as
+    # "last_model", so a resumed run continues from where this one stopped).
+    flow.load_state_dict(best_weights)
+    return history
 
-    test = _dataset_samples(config.dataset, config.test_size, _TEST_SEED + config.seed).to(dev)
-    per_point, eval_nfe = evaluate(flow, test)
-    nll, stderr = _mean_and_stderr(per_point)
-    floor = dataset.entropy()
-    kl = kl_stderr = None
-    if floor is not None:
-        # KL(p || q) from the same points: log p − log q varies far less than −log q alone,
-        # so this pins the gap down much more tightly than test NLL − floor does.
-        true_log_p = dataset.log_prob(test.double().cpu().numpy())
-        kl, kl_stderr = _mean_and_stderr(true_log_p + per_point)
-    metrics = {
-        "dataset": config.dataset,
-        "test_nll": nll, "test_nll_stderr": stderr, "test_size": config.test_size,
-        "entropy_floor": floor, "gap": None if floor is None else nll - floor,
-        "kl_estimate": kl, "kl_stderr": kl_stderr,
-        "eval_tol": config.eval_tol, "eval_nfe": eval_nfe,
-        "iterations": config.iterations, "final_train_loss": float(np.mean(losses[-20:]))
-        if losses else None,
-        "nfe_forward_mean": float(np.mean(nfe_forward)) if nfe_forward else None,
-        "nfe_backward_mean": float(np.mean(nfe_backward)) if nfe_backward else None,
-        "nfe_forward_last": nfe_forward[-1] if nfe_forward else None,
-        "nfe_backward_last": nfe_backward[-1] if nfe_backward else None,
-        "train_seconds": train_seconds,
-        "wall_seconds": time.perf_counter() - start,
-        # CPU time of this process: what the run costs without other load on the machine.
-        "cpu_seconds": time.process_time() - cpu_start,
-        "device": str(dev), "environment": environment(),
-        "parameters": sum(p.numel() for p in flow.parameters()),
-    }
-    write_json(metrics, out / "metrics.json")
-    if figures:
-        from cnflow import plots
 
-        plots.density_panels(flow, config.dataset, out / "density.png")
-        plots.flow_snapshots(flow, out / "snapshots.png")
-        metrics["figures"] = ["density.png", "snapshots.png"]
-        write_json(metrics, out / "metrics.json")
-    return metrics
+def mean_and_stderr(values: np.ndarray) -> tuple[float, float]:
+    """Mean and its standard error."""
+    values = np.asarray(values, dtype=np.float64)
+    return float(values.mean()), float(values.std(ddof=1) / math.sqrt(len(values)))

@@ -30,25 +30,37 @@ def test_fit_writes_a_complete_run_directory(run_dir):
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["entropy_floor"] == pytest.approx(toydata.get("two_moons").entropy())
     assert metrics["gap"] == pytest.approx(metrics["test_nll"] - metrics["entropy_floor"])
-    assert metrics["iterations"] == 4 and metrics["nfe_forward_mean"] > 0
+    assert metrics["steps"] == 4 and metrics["nfe_forward_mean"] > 0
     assert metrics["nfe_backward_mean"] > 0 and "torch" in metrics["environment"]
     config = json.loads((run_dir / "config.json").read_text())
     assert config["width"] == 8 and config["dataset"] == "two_moons"
     assert not list(run_dir.glob(".*tmp*"))
 
 
-def test_resume_continues_from_the_checkpoint(run_dir, tmp_path):
+def test_resume_continues_a_run_stopped_by_its_time_budget(run_dir, tmp_path):
     out = tmp_path / "resumed"
-    result = CliRunner().invoke(cli, [
-        "fit", "two_moons", "--iterations", "6", "--batch-size", "128", "--width", "8",
-        "--hidden", "8", "--test-size", "200", "--out", str(out), "--resume", str(run_dir),
-        "--no-figures"])
+    common = ["fit", "two_moons", "--iterations", "4", "--batch-size", "128", "--width", "8",
+              "--hidden", "8", "--test-size", "300", "--out", str(out), "--no-figures"]
+    result = CliRunner().invoke(cli, [*common, "--max-time", "0.001"])
     assert result.exit_code == 0, result.output
-    assert torch.load(out / "checkpoint.pt", weights_only=True)["iteration"] == 6
-    result = CliRunner().invoke(cli, [
-        "fit", "two_moons", "--iterations", "6", "--width", "16", "--out", str(tmp_path / "x"),
-        "--resume", str(run_dir)])
-    assert result.exit_code != 0 and "different ['width'" in result.output
+    assert "time budget" in result.output
+    stopped = torch.load(out / "checkpoint.pt", weights_only=True)["loop"]
+    assert stopped["steps"] == 1 and stopped["stop_reason"] == "time budget"
+    result = CliRunner().invoke(cli, [*common, "--resume", str(out)])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["steps"] == 4 and metrics["stop_reason"] == "epochs"
+    # One step per epoch here, so the resumed run is the uninterrupted one, bit for bit.
+    expected = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["test_nll"] == expected["test_nll"]
+    assert [r["val_nll"] for r in metrics["history"]] == \
+        [r["val_nll"] for r in expected["history"]]
+
+    for changed, name in ((["--width", "16"], "width"), (["--iterations", "6"], "iterations")):
+        args = [*common[:-3], "--out", str(tmp_path / "x"), "--resume", str(run_dir), *changed]
+        result = CliRunner().invoke(cli, args)
+        assert result.exit_code == 1 and f"different ['{name}'" in result.output, result.output
+        assert not (tmp_path / "x").exists()
 
 
 @pytest.mark.parametrize("suffix", [".npy", ".csv"])
@@ -69,7 +81,7 @@ def test_sample_then_logprob(run_dir, tmp_path, suffix):
     values = np.load(out) if suffix == ".npy" else np.loadtxt(out, skiprows=1)
     assert values.shape == (50,) and np.isfinite(values).all()
 
-    from cnflow.training import load_checkpoint
+    from cnflow.density import load_checkpoint
 
     flow, _, _ = load_checkpoint(run_dir)
     expected = flow.log_prob(torch.as_tensor(points, dtype=torch.float32)).detach().numpy()
@@ -119,8 +131,9 @@ def test_bad_checkpoints(tmp_path, content, message):
 
 
 @pytest.mark.parametrize("rows, message", [
-    (np.zeros((4, 3)), r"shape \(4, 3\); expected rows of 2 numbers"),
-    (np.array([[0.0, 1.0], [np.nan, 0.0]]), r"NaN or infinite values in rows \[1\]"),
+    (np.zeros((4, 3)), r"has 3 columns \['x0', 'x1', 'x2'\]; the model was trained on 2"),
+    (np.array([[0.0, 1.0], [np.nan, 0.0]]), (r"row 1 \(0-based\), column 'x0' \(index 0\): the "
+                                            r"value is NaN")),
 ])
 def test_logprob_bad_input(run_dir, tmp_path, rows, message):
     file = tmp_path / "in.npy"

@@ -53,28 +53,29 @@ def check_seed(seed: object) -> int | None:
     return int(seed)
 
 
-def check_points(x: object, name: str = "x") -> np.ndarray:
-    """Convert ``x`` to a float64 array of shape (n, 2) with finite entries.
+def check_points(x: object, name: str = "x", dim: int = 2) -> np.ndarray:
+    """Convert ``x`` to a float64 array of shape (n, dim) with finite entries.
 
     Args:
         x: Array-like of points.
         name: Argument name used in error messages.
+        dim: Required number of columns (2 for the 2-D data sets).
 
     Returns:
-        A float64 array of shape (n, 2); ``n`` may be 0.
+        A float64 array of shape (n, dim); ``n`` may be 0.
 
     Raises:
         TypeError: If ``x`` cannot be converted to a float array.
-        ValueError: If ``x`` is not 2-D with 2 columns, or holds NaN/inf.
+        ValueError: If ``x`` is not 2-D with ``dim`` columns, or holds NaN/inf.
     """
     try:
         arr = np.asarray(x, dtype=np.float64)
     except (TypeError, ValueError) as exc:
         raise TypeError(
-            f"{name} must be a float array of shape (n, 2), got {type(x).__name__}"
+            f"{name} must be a float array of shape (n, {dim}), got {type(x).__name__}"
         ) from exc
-    if arr.ndim != 2 or arr.shape[1] != 2:
-        raise ValueError(f"{name} must have shape (n, 2), got shape {arr.shape}")
+    if arr.ndim != 2 or arr.shape[1] != dim:
+        raise ValueError(f"{name} must have shape (n, {dim}), got shape {arr.shape}")
     if not np.all(np.isfinite(arr)):
         bad = int(np.count_nonzero(~np.isfinite(arr).all(axis=1)))
         raise ValueError(

@@ -13,11 +13,15 @@ Every data set is an instance of a `ToyDataset` subclass with
 
 Coordinates are the raw ones of the generators (no standardisation), so that the
 entropies quoted here are the floors for data exactly as sampled.
+
+Higher-dimensional sets built from these (`toydata.mixed`) share the registry
+`DATASETS`; ``names(dim=2)`` lists the 2-D sets only.
 """
 
 from __future__ import annotations
 
 import math
+import numbers
 from abc import ABC, abstractmethod
 
 import numpy as np
@@ -76,15 +80,16 @@ def _logsumexp_rows(a: np.ndarray) -> np.ndarray:
 
 
 class ToyDataset(ABC):
-    """A 2-D distribution with a sampler, its exact log-density and its entropy.
+    """A distribution with a sampler, its exact log-density and its entropy.
 
     Subclasses set ``name``, ``description`` and the entropy grid (``_grid_box``,
     ``_grid_step``) and implement ``_sample`` and ``_log_prob``; the public methods
-    validate the inputs.
+    validate the inputs. The entropy grid is 2-D: subclasses with ``dim > 2`` (see
+    `toydata.mixed`) override ``entropy``.
 
     Attributes:
         name: Registry key.
-        dim: Dimension of the data, always 2.
+        dim: Dimension of the data: 2 for the data sets of this module.
         description: One-line summary of the generator.
     """
 
@@ -110,7 +115,7 @@ class ToyDataset(ABC):
             seed: Non-negative int for reproducible output, or None for fresh entropy.
 
         Returns:
-            Float64 array of shape (n, 2).
+            Float64 array of shape (n, dim).
 
         Raises:
             TypeError: If ``n`` or ``seed`` is not an int (or None for ``seed``).
@@ -124,16 +129,16 @@ class ToyDataset(ABC):
         """Exact log-density of the sampling distribution.
 
         Args:
-            x: Points, array-like of shape (n, 2) with finite entries.
+            x: Points, array-like of shape (n, dim) with finite entries.
 
         Returns:
             Float64 array of shape (n,); ``-inf`` where the density is zero.
 
         Raises:
             TypeError: If ``x`` is not numeric.
-            ValueError: If ``x`` does not have shape (n, 2) or holds NaN/inf.
+            ValueError: If ``x`` does not have shape (n, dim) or holds NaN/inf.
         """
-        return self._log_prob(check_points(x))
+        return self._log_prob(check_points(x, dim=self.dim))
 
     def entropy(self) -> float:
         """Differential entropy ``-E[log p(x)]`` in nats (computed once, then cached).
@@ -201,7 +206,7 @@ class ToyDataset(ABC):
 
     @abstractmethod
     def _log_prob(self, x: np.ndarray) -> np.ndarray:
-        """Log-density at validated points of shape (n, 2)."""
+        """Log-density at validated points of shape (n, dim)."""
 
 
 # ----------------------------------------------------------------------------- curves
@@ -916,13 +921,26 @@ DATASETS: dict[str, ToyDataset] = {
 }
 
 
-def names() -> list[str]:
-    """Names of all registered data sets.
+def names(dim: int | None = None) -> list[str]:
+    """Names of the registered data sets.
+
+    The registry also holds the higher-dimensional sets of `toydata.mixed` (registered
+    when `toydata` is imported); ``names(dim=2)`` lists the 2-D ones only.
+
+    Args:
+        dim: Only the data sets of this dimension; None (default) lists all.
 
     Returns:
         Sorted list of registry keys.
+
+    Raises:
+        TypeError: If ``dim`` is neither None nor an int.
     """
-    return sorted(DATASETS)
+    if dim is None:
+        return sorted(DATASETS)
+    if isinstance(dim, bool) or not isinstance(dim, numbers.Integral):
+        raise TypeError(f"dim must be None or an int, got {dim!r}")
+    return sorted(name for name, ds in DATASETS.items() if ds.dim == dim)
 
 
 def get(name: str) -> ToyDataset:

@@ -24,10 +24,10 @@ import torch
 from torch import nn
 
 import toydata
+from cnflow.density import FitConfig, fit_run, load_checkpoint
 from cnflow.flows.base import standard_normal_log_prob
 from cnflow.runs import environment, write_text
 from cnflow.solvers import solve
-from cnflow.training import FitConfig, fit_mle, load_checkpoint
 
 M, D, HIDDEN = 64, 2, 32
 T1 = 10.0
@@ -221,7 +221,7 @@ def write_report(out: str | Path, runs_dir: str | Path, iterations: int = 20,
     for dataset in ("two_moons", "two_circles"):
         run = runs_dir / dataset
         if refit or not (run / "metrics.json").exists():
-            fit_mle(FitConfig(dataset=dataset), run, device="cpu", progress=False)
+            fit_run(FitConfig(dataset=dataset), run, device="cpu", progress=False)
         fits[dataset] = json.loads((run / "metrics.json").read_text())
     flow, _, _ = load_checkpoint(runs_dir / "two_moons")
     rates = throughput(flow, "cpu")

@@ -139,7 +139,7 @@ class MLEConfig:
     """Settings of the maximum-likelihood comparison (Figure 5).
 
     Attributes:
-        datasets: toy data sets from ``toydata.names()``.
+        datasets: 2-D toy data sets from ``toydata.names(dim=2)``.
         nf_layers: planar layers of the NF (normalizing direction).
         cnf_width: hidden units M of the CNF.
         seed: model initialisation and training batches.
@@ -173,7 +173,7 @@ class MLEConfig:
     figure_samples: int = field(default=20000, repr=False)
 
     def __post_init__(self) -> None:
-        self.datasets = _check_names("datasets", self.datasets, toydata.names())
+        self.datasets = _check_names("datasets", self.datasets, toydata.names(dim=2))
         for name in ("nf_layers", "cnf_width", "nf_iterations", "cnf_iterations",
                      "batch_size", "hidden", "test_size", "grid", "figure_samples"):
             _check_positive(name, getattr(self, name))
@@ -431,7 +431,7 @@ def _density_matching_figure(grids, config: DensityMatchingConfig, models, summa
                              path: Path) -> None:
     import matplotlib.pyplot as plt
 
-    from cnflow.plots import _save
+    from cnflow.plots import save_figure
 
     kl = {(s["target"], s["model"], s["size"]): s["kl_mean"] for s in summary}
     rows, cols = len(config.targets), 1 + len(models)
@@ -449,7 +449,7 @@ def _density_matching_figure(grids, config: DensityMatchingConfig, models, summa
             ax.set_yticks([])
     fig.suptitle(f"Density matching, reverse KL (density of seed {config.seeds[0]}; "
                  f"KL = mean over {len(config.seeds)} seed(s))", fontsize=10)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def density_matching_markdown(result: dict[str, Any]) -> str:
@@ -511,7 +511,7 @@ def _data(name: str, n: int, seed: int) -> torch.Tensor:
 
 
 def _mle_models(config: MLEConfig, dataset: str) -> dict[str, Flow]:
-    from cnflow.training import FitConfig, build_cnf
+    from cnflow.density import FitConfig, build_cnf
 
     torch.manual_seed(config.seed)
     nf = PlanarFlow(2, layers=config.nf_layers, direction="normalizing")
@@ -591,7 +591,7 @@ def maximum_likelihood(config: MLEConfig, out_dir: str | Path, command: str,
 def _mle_figure(trained: dict, config: MLEConfig, path: Path) -> None:
     import matplotlib.pyplot as plt
 
-    from cnflow.plots import _save, density_grid, plot_extent
+    from cnflow.plots import density_grid, plot_extent, save_figure
 
     n = config.figure_samples
     fig, axes = plt.subplots(len(config.datasets), 5, figsize=(14, 2.9 * len(config.datasets)),
@@ -623,7 +623,7 @@ def _mle_figure(trained: dict, config: MLEConfig, path: Path) -> None:
             ax.set_yticks([])
     fig.suptitle(f"Maximum likelihood: planar NF (K={config.nf_layers}) vs CNF "
                  f"(M={config.cnf_width})", fontsize=11)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def _snapshot_figure(trained: dict, config: MLEConfig, path: Path,
@@ -632,7 +632,7 @@ def _snapshot_figure(trained: dict, config: MLEConfig, path: Path,
     """Noise → data for both models: CNF time ``t/T``; NF layers applied so far."""
     import matplotlib.pyplot as plt
 
-    from cnflow.plots import _save, plot_extent
+    from cnflow.plots import plot_extent, save_figure
 
     rows = [(d, k) for d in config.datasets for k in ("NF", "CNF")]
     fig, axes = plt.subplots(len(rows), len(fractions),
@@ -654,7 +654,7 @@ def _snapshot_figure(trained: dict, config: MLEConfig, path: Path,
             ax.set_title(title, fontsize=9)
             ax.set_xticks([])
             ax.set_yticks([])
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def mle_markdown(result: dict[str, Any]) -> str:

@@ -1,0 +1,619 @@
+"""Users' own tables for density estimation: the reader behind ``cnflow fit measurements.csv``.
+
+Two formats are accepted, chosen by the file's suffix (case-insensitive):
+
+* ``.csv``: comma-separated text, UTF-8 (a leading byte-order mark is ignored), read with Python's
+  :mod:`csv` module (``skipinitialspace=True``, so spaces after a comma are ignored; quoted cells
+  may contain commas). Lines that are empty or hold only whitespace are skipped, but every line
+  number in a message is the file's real 1-based line number.
+* ``.npy``: one numeric array saved with :func:`numpy.save`, loaded with ``allow_pickle=False``.
+  A 1-D array is one column; a 2-D array is ``(rows, columns)``. Integer and floating dtypes are
+  accepted; bool, complex, string, date/time, object and structured arrays are rejected. Its
+  columns are named ``x0``, ``x1``, ... and messages give positions as 0-based ``row i``.
+
+Header rule (CSV): the first non-blank row is a header if and only if none of its cells parses as
+a number with Python's ``float()`` (so ``nan``, ``inf`` and ``1e5`` count as numbers, and an empty
+cell does not). If every cell parses, the row is data. A first row with some numeric and some
+non-numeric cells is also data, so it fails with the non-numeric-cell error, whose message adds
+the hint that a header row must contain no numeric cells. Header names are stripped of
+surrounding whitespace and must be non-empty and distinct. Without a header the columns are named
+``x0``, ``x1``, ... . Because a header name is never numeric, a column name can never be mistaken
+for a column index.
+
+Every problem raises :class:`DataError` (a :class:`ValueError`) with one message that names the
+file, the line (CSV) or 0-based row (npy), the column by name and 0-based index, and the offending
+value. Checks run in this order:
+
+1. the file: missing, a directory, wrong suffix, unreadable, not UTF-8, corrupt ``.npy``;
+2. structure: empty file, no data rows, bad header names, a ragged row (reported at once);
+3. the column selection (``--columns``): unknown name, index out of range, duplicates;
+4. cells of the selected columns: non-numeric or empty (the first one in file order, and how many
+   there are when more than one);
+5. values of the selected columns: NaN or +-inf, magnitude beyond ``float32`` (the model computes
+   in float32), a constant column (a point mass: it has no density).
+
+Cell and value checks apply only to the selected columns, so a bad or non-numeric column (an id,
+a label) can be left out with ``--columns``.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+#: File suffixes :func:`read_table` accepts.
+ACCEPTED_SUFFIXES = (".csv", ".npy")
+#: Largest magnitude a value may have: the model computes in float32.
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+_CHUNK_ROWS = 65536  # CSV rows converted to float in one go
+_PREVIEW_CHARS = 30  # how much of an offending cell a message quotes
+_MAX_LISTED_NAMES = 20  # how many available column names an error lists
+_INDEX_RE = re.compile(r"[0-9]+")
+_NPY_MAGIC = b"\x93NUMPY"
+_HEADER_HINT = (
+    " (the first row was read as data because some of its cells are numeric; a header row must"
+    " contain no numeric cells)"
+)
+
+
+class DataError(ValueError):
+    """A data file is missing, malformed, or unusable for density estimation."""
+
+
+@dataclass(frozen=True, eq=False)
+class Table:
+    """A table of samples read by :func:`read_table`.
+
+    Attributes:
+        values: float64 array of shape ``(n, d)``; every entry is finite and within float32 range.
+        columns: the selected columns' names: the header's, or ``"x0"``, ``"x1"``, ... (the
+            file's column indices) without one.
+        source: the path as given to :func:`read_table`.
+        integer_columns: indices into ``values``' columns whose values are all integers (counts,
+            pixel intensities, ...), candidates for dequantisation.
+    """
+
+    values: np.ndarray
+    columns: tuple[str, ...]
+    source: str
+    integer_columns: tuple[int, ...]
+
+    @property
+    def n_rows(self) -> int:
+        """Number of rows (samples)."""
+        return int(self.values.shape[0])
+
+    @property
+    def n_columns(self) -> int:
+        """Number of columns (dimensions)."""
+        return int(self.values.shape[1])
+
+
+def parse_columns(spec: str | None) -> list[str | int] | None:
+    """Parse a ``--columns`` option value.
+
+    Items are separated by commas and stripped of whitespace. An item that is a non-negative
+    integer literal (digits only) is a 0-based column index; anything else is a column name.
+
+    Args:
+        spec: e.g. ``"a,b"``, ``"0,2"`` or ``"a,2"``; ``None`` or a blank string selects all.
+
+    Returns:
+        ``['a', 'b']``, ``[0, 2]``, ``['a', 2]``, ...; ``None`` for ``None`` or a blank string.
+
+    Raises:
+        DataError: if an item is empty (as in ``"a,,b"`` or ``"a,"``).
+    """
+    if spec is None or not spec.strip():
+        return None
+    items: list[str | int] = []
+    for position, raw in enumerate(spec.split(",")):
+        item = raw.strip()
+        if not item:
+            raise DataError(
+                f"--columns {spec!r}: item {position + 1} is empty; give column names or 0-based"
+                " indices separated by single commas, e.g. --columns a,b or --columns 0,2"
+            )
+        items.append(int(item) if _INDEX_RE.fullmatch(item) else item)
+    return items
+
+
+def read_table(path: str | os.PathLike, columns: Sequence[str | int] | None = None, *,
+               for_fitting: bool = True) -> Table:
+    """Read a CSV or ``.npy`` table for density estimation and check that it is usable.
+
+    See the module docstring for the formats, the header rule and the checks.
+
+    Args:
+        path: a ``.csv`` or ``.npy`` file.
+        columns: the columns to keep, in this order: names (str) or 0-based indices (int), as
+            :func:`parse_columns` returns them; a str is parsed with :func:`parse_columns`.
+            ``None`` keeps all columns.
+        for_fitting: reject constant columns (a model cannot be fitted to them); False for
+            rows that are only evaluated, such as the input of ``cnflow logprob``.
+
+    Returns:
+        The selected columns as a :class:`Table`.
+
+    Raises:
+        DataError: the file is missing, unreadable or malformed, the selection is invalid, or a
+            selected column holds a non-numeric, empty, non-finite, out-of-range or constant
+            value set. The message names the file, line or row, and column.
+    """
+    source = os.fspath(path)
+    source = source if isinstance(source, str) else os.fsdecode(source)
+    if isinstance(columns, str):
+        columns = parse_columns(columns)
+    if not os.path.exists(source):
+        raise DataError(f"{source}: file not found")
+    if os.path.isdir(source):
+        raise DataError(f"{source}: is a directory, not a data file")
+    suffix = os.path.splitext(source)[1].lower()
+    if suffix == ".csv":
+        values, names, selection, locate = _read_csv(source, columns)
+    elif suffix == ".npy":
+        values, names, selection, locate = _read_npy(source, columns)
+    else:
+        raise DataError(
+            f"{source}: unsupported file type {suffix or '(no suffix)'!r}; accepted are "
+            + " and ".join(ACCEPTED_SUFFIXES)
+            + " (comma-separated text, or an array saved with numpy.save)"
+        )
+    _check_values(values, names, selection, locate, source, from_text=suffix == ".csv",
+                  constant_check=for_fitting)
+    integer = np.flatnonzero((values == np.round(values)).all(axis=0))
+    return Table(
+        values=np.ascontiguousarray(values, dtype=np.float64),
+        columns=tuple(names[j] for j in selection),
+        source=source,
+        integer_columns=tuple(int(k) for k in integer),
+    )
+
+
+def split_rows(
+    n: int,
+    *,
+    val_fraction: float,
+    test_fraction: float,
+    seed: int,
+    source: str = "data",
+    min_train: int = 10,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Split ``n`` rows at random into training, validation and test rows.
+
+    The split sizes are ``round(n * fraction)`` (halves round up) for validation and test; the
+    training split gets the rest. The rows are a permutation drawn from
+    ``numpy.random.default_rng(seed)``, so a seed always gives the same split.
+
+    Args:
+        n: number of rows.
+        val_fraction: fraction of rows for validation, in ``[0, 1)``; 0 gives an empty split.
+        test_fraction: fraction of rows for testing, in ``[0, 1)``; 0 gives an empty split.
+        seed: seed of the permutation.
+        source: what to call the data in messages (e.g. the file name).
+        min_train: fewest rows the training split may have.
+
+    Returns:
+        ``(train, val, test)``: disjoint int64 index arrays that together cover ``range(n)``.
+
+    Raises:
+        ValueError: for a negative ``n``, fractions outside ``[0, 1)`` or summing to 1 or more.
+        DataError: when the rows are fewer than the splits need: each requested (non-zero
+            fraction) split needs at least 2 rows and training at least ``min_train``.
+    """
+    if n < 0:
+        raise ValueError(f"n must be non-negative, got {n}")
+    for name, fraction in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+        if not (math.isfinite(fraction) and 0.0 <= fraction < 1.0):
+            raise ValueError(f"{name} must be in [0, 1), got {fraction}")
+    if val_fraction + test_fraction >= 1.0:
+        raise ValueError(
+            f"val_fraction + test_fraction must be below 1 to leave rows for training, got "
+            f"{val_fraction} + {test_fraction}"
+        )
+    n_val = math.floor(n * val_fraction + 0.5)
+    n_test = math.floor(n * test_fraction + 0.5)
+    n_train = n - n_val - n_test
+    short: list[str] = []
+    hints: list[str] = []
+    if n_train < min_train:
+        short.append(f"training would get {n_train} (needs at least {min_train})")
+        hints.append("lower the validation/test fractions")
+    for label, fraction, size in (("validation", val_fraction, n_val),
+                                  ("test", test_fraction, n_test)):
+        if fraction > 0 and size < 2:
+            short.append(f"{label} would get {size} (needs at least 2)")
+            hints.append(f"raise the {label} fraction or set it to 0 to skip {label}")
+    if short:
+        raise DataError(
+            f"{source}: {n} row{'s are' if n != 1 else ' is'} too few for the requested split (validation fraction "
+            f"{val_fraction:g}, test fraction {test_fraction:g} -> {n_train} training, {n_val} "
+            f"validation, {n_test} test rows): " + "; ".join(short)
+            + ". Supply more rows, or " + ", or ".join(dict.fromkeys(hints)) + "."
+        )
+    order = np.random.default_rng(seed).permutation(n).astype(np.int64)
+    return order[n_val + n_test:], order[:n_val], order[n_val:n_val + n_test]
+
+
+# --------------------------------------------------------------------------------------------
+# CSV
+
+
+def _is_number(cell: str) -> bool:
+    try:
+        float(cell)
+    except ValueError:
+        return False
+    return True
+
+
+def _is_blank(row: list[str]) -> bool:
+    return not row or (len(row) == 1 and not row[0].strip())
+
+
+def _preview(text: str) -> str:
+    if len(text) > _PREVIEW_CHARS:
+        text = text[:_PREVIEW_CHARS] + "..."
+    return repr(text)
+
+
+class _CellErrors:
+    """The first unparseable cell of the selected columns, and how many there are of each kind."""
+
+    def __init__(self) -> None:
+        self.first: tuple[int, int, str] | None = None  # (row, file column, cell text)
+        self.counts = {"non-numeric": 0, "empty": 0}
+
+    @staticmethod
+    def kind(cell: str) -> str:
+        return "empty" if not cell.strip() else "non-numeric"
+
+    def convert(self, cells: np.ndarray, selection: list[int], row0: int) -> np.ndarray:
+        """Convert an object array of cell strings; on failure record the bad cells."""
+        try:
+            return cells.astype(np.float64)
+        except (ValueError, TypeError):
+            pass
+        out = np.full(cells.shape, np.nan)
+        for k, j in enumerate(selection):
+            column = cells[:, k]
+            try:
+                out[:, k] = column.astype(np.float64)
+                continue
+            except (ValueError, TypeError):
+                pass
+            for i, cell in enumerate(column):
+                try:
+                    out[i, k] = float(cell)
+                except ValueError:
+                    self.counts[self.kind(cell)] += 1
+                    first = self.first
+                    if first is None or (row0 + i, j) < (first[0], first[1]):
+                        self.first = (row0 + i, j, cell)
+        return out
+
+
+def _read_csv(
+    source: str, columns: Sequence[str | int] | None
+) -> tuple[np.ndarray, list[str], list[int], Callable[[int], str]]:
+    try:
+        handle = open(source, newline="", encoding="utf-8-sig")  # noqa: SIM115
+    except OSError as exc:
+        raise DataError(f"{source}: cannot open the file: {exc.strerror or exc}") from exc
+    reader = csv.reader(handle, skipinitialspace=True)
+    try:
+        with handle:
+            return _parse_csv(reader, source, columns)
+    except UnicodeDecodeError as exc:
+        raise DataError(
+            f"{source}{_locate_decode_error(source)}: the file is not UTF-8 text ({exc.reason}); "
+            "is it really a CSV file? If so, re-save it with UTF-8 encoding."
+        ) from exc
+    except csv.Error as exc:
+        raise DataError(f"{source}, line {reader.line_num}: malformed CSV: {exc}") from exc
+    except OSError as exc:
+        raise DataError(f"{source}: cannot read the file: {exc.strerror or exc}") from exc
+
+
+def _locate_decode_error(source: str) -> str:
+    """``", line N"`` for the first byte that is not UTF-8 (text is decoded in blocks, so the
+    reader's own line count is not where the bad byte is); ``""`` if it cannot be found."""
+    try:
+        with open(source, "rb") as handle:
+            data = handle.read()
+        data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        return f", line {line}"
+    except OSError:
+        pass
+    return ""
+
+
+def _parse_csv(
+    reader, source: str, columns: Sequence[str | int] | None
+) -> tuple[np.ndarray, list[str], list[int], Callable[[int], str]]:
+    # Each row starts on the line after the previous row ended (rows may span lines).
+    previous_end = 0
+    first: list[str] | None = None
+    first_line = 0
+    for row in reader:
+        line, previous_end = previous_end + 1, reader.line_num
+        if not _is_blank(row):
+            first, first_line = row, line
+            break
+    if first is None:
+        raise DataError(f"{source}: the file is empty (no data rows)")
+    d = len(first)
+    has_header = not any(_is_number(cell) for cell in first)
+    if has_header:
+        names = [cell.strip() for cell in first]
+        _check_header(names, source, first_line)
+        no_header_note = ""
+    else:
+        names = [f"x{j}" for j in range(d)]
+        no_header_note = (
+            f" (the file has no header row: its first row, line {first_line}, has numeric cells,"
+            f" so the columns are named x0 to x{d - 1}; select them by 0-based index or name)"
+        )
+    selection = _resolve_selection(columns, names, source, no_header_note)
+    take_all = selection == list(range(d))
+
+    lines: list[int] = []
+    rows: list[list[str]] = []
+    chunks: list[np.ndarray] = []
+    errors = _CellErrors()
+
+    def flush() -> None:
+        cells = np.array(rows, dtype=object).reshape(len(rows), d)
+        if not take_all:
+            cells = cells[:, selection]
+        chunks.append(errors.convert(cells, selection, len(lines) - len(rows)))
+        rows.clear()
+
+    if not has_header:
+        rows.append(first)
+        lines.append(first_line)
+    check_blank = d == 1
+    for row in reader:
+        line, previous_end = previous_end + 1, reader.line_num
+        if len(row) != d or check_blank:
+            if _is_blank(row):
+                continue
+            if len(row) != d:
+                what = "the header" if has_header else "the first row"
+                raise DataError(
+                    f"{source}, line {line}: the row has {len(row)} cells, expected {d} like "
+                    f"{what} (line {first_line}); every row needs the same number of "
+                    "comma-separated cells"
+                )
+        rows.append(row)
+        lines.append(line)
+        if len(rows) >= _CHUNK_ROWS:
+            flush()
+    if rows:
+        flush()
+    if not lines:
+        raise DataError(f"{source}: has a header row (line {first_line}) but no data rows")
+
+    if errors.first is not None:
+        i, j, cell = errors.first
+        kind = errors.kind(cell)
+        where = f"{source}, line {lines[i]}, column {names[j]!r} (index {j})"
+        if kind == "empty":
+            message = f"{where}: the cell is empty; every selected cell needs a number"
+        else:
+            message = f"{where}: cannot read {_preview(cell)} as a number"
+            if i == 0 and not has_header:
+                message += _HEADER_HINT
+        total = errors.counts[kind]
+        if total > 1:
+            message += f"; {total} {kind} cells in total in the selected columns"
+        rows_word = "those rows" if total > 1 else "that row"
+        raise DataError(
+            f"{message}. Fix or remove {rows_word}, or leave the column out with --columns."
+        )
+    values = np.concatenate(chunks) if len(chunks) > 1 else chunks[0]
+    return values, names, selection, lambda i: f"line {lines[i]}"
+
+
+def _check_header(names: list[str], source: str, line: int) -> None:
+    seen: dict[str, int] = {}
+    for j, name in enumerate(names):
+        if not name:
+            raise DataError(
+                f"{source}, line {line}: header column {j} (0-based) has an empty name; every "
+                "column needs a distinct name (a trailing comma adds an empty column)"
+            )
+        if name in seen:
+            raise DataError(
+                f"{source}, line {line}: duplicate header name {name!r} for columns {seen[name]} "
+                f"and {j} (0-based); column names must be distinct"
+            )
+        seen[name] = j
+
+
+# --------------------------------------------------------------------------------------------
+# npy
+
+
+def _read_npy(
+    source: str, columns: Sequence[str | int] | None
+) -> tuple[np.ndarray, list[str], list[int], Callable[[int], str]]:
+    try:
+        with open(source, "rb") as handle:
+            magic = handle.read(len(_NPY_MAGIC))
+            if magic != _NPY_MAGIC:
+                raise DataError(
+                    f"{source}: not a .npy file (it lacks the NumPy format header); save arrays "
+                    "with numpy.save"
+                )
+            handle.seek(0)
+            array = np.load(handle, allow_pickle=False)
+    except DataError:
+        raise
+    except ValueError as exc:
+        if "allow_pickle" in str(exc):
+            raise DataError(
+                f"{source}: holds an object array (Python objects), which is not loaded because "
+                "that would run pickled code; save a numeric array, e.g. "
+                "numpy.save(path, array.astype(float))"
+            ) from exc
+        raise DataError(f"{source}: corrupt or unreadable .npy file: {exc}") from exc
+    except OSError as exc:
+        raise DataError(f"{source}: cannot read the file: {exc.strerror or exc}") from exc
+    except Exception as exc:  # truncated or otherwise damaged files raise assorted errors
+        raise DataError(f"{source}: corrupt or unreadable .npy file: {exc}") from exc
+
+    dtype = array.dtype
+    if dtype.names is not None or dtype.kind not in "iuf":
+        kinds = {"b": "boolean", "c": "complex", "O": "object", "U": "string", "S": "bytes",
+                 "M": "datetime", "m": "timedelta", "V": "structured/void"}
+        what = "structured" if dtype.names is not None else kinds.get(dtype.kind, dtype.kind)
+        raise DataError(
+            f"{source}: the array has {what} dtype {dtype}; only integer or floating arrays are "
+            "accepted"
+        )
+    if array.ndim == 1:
+        array = array.reshape(-1, 1)
+    elif array.ndim != 2:
+        raise DataError(
+            f"{source}: the array has shape {array.shape}; expected 1-D (one column) or 2-D "
+            "(rows, columns)"
+        )
+    if array.shape[0] == 0:
+        raise DataError(f"{source}: the array has shape {array.shape}: no data rows")
+    if array.shape[1] == 0:
+        raise DataError(f"{source}: the array has shape {array.shape}: no columns")
+    names = [f"x{j}" for j in range(array.shape[1])]
+    note = f" (.npy columns are named x0 to x{len(names) - 1}; or select by 0-based index)"
+    selection = _resolve_selection(columns, names, source, note)
+    values = array[:, selection].astype(np.float64)
+    return values, names, selection, lambda i: f"row {i} (0-based)"
+
+
+# --------------------------------------------------------------------------------------------
+# shared checks
+
+
+def _list_names(names: list[str]) -> str:
+    shown = ", ".join(repr(name) for name in names[:_MAX_LISTED_NAMES])
+    if len(names) > _MAX_LISTED_NAMES:
+        shown += f", ... ({len(names)} in all)"
+    return shown
+
+
+def _resolve_selection(
+    columns: Sequence[str | int] | None, names: list[str], source: str, note: str
+) -> list[int]:
+    d = len(names)
+    if columns is None:
+        return list(range(d))
+    if len(columns) == 0:
+        raise DataError(f"{source}: the column selection is empty; select at least one column")
+    lookup = {name: j for j, name in enumerate(names)}
+    chosen: dict[int, str | int] = {}
+    for item in columns:
+        if isinstance(item, (int, np.integer)) and not isinstance(item, (bool, np.bool_)):
+            j = int(item)
+            if not 0 <= j < d:
+                raise DataError(
+                    f"{source}: column index {j} is out of range: the file has {d} column"
+                    f"{'s' if d != 1 else ''} (0-based indices 0 to {d - 1})"
+                )
+        elif isinstance(item, str):
+            if item not in lookup:
+                hint = ""
+                if re.fullmatch(r"[+-]?[0-9]+", item.strip()):
+                    hint = " (indices are 0-based non-negative integers)"
+                raise DataError(
+                    f"{source}: no column named {item!r}{hint}; available columns: "
+                    f"{_list_names(names)}{note}"
+                )
+            j = lookup[item]
+        else:
+            raise DataError(
+                f"{source}: cannot select column {item!r}: give a name (str) or a 0-based index "
+                "(int)"
+            )
+        if j in chosen:
+            raise DataError(
+                f"{source}: column {names[j]!r} (index {j}) is selected twice (as "
+                f"{chosen[j]!r} and {item!r}); list each column once"
+            )
+        chosen[j] = item
+    return list(chosen)
+
+
+def _check_values(
+    values: np.ndarray,
+    names: list[str],
+    selection: list[int],
+    locate: Callable[[int], str],
+    source: str,
+    *,
+    from_text: bool,
+    constant_check: bool = True,
+) -> None:
+    def where(flat: int) -> tuple[str, int]:
+        i, k = divmod(int(flat), values.shape[1])
+        j = selection[k]
+        return f"{source}, {locate(i)}, column {names[j]!r} (index {j})", k
+
+    def in_total(count: int, what: str) -> str:
+        return f"; {count} {what} in total in the selected columns" if count > 1 else ""
+
+    bad = ~np.isfinite(values)
+    if bad.any():
+        flat = np.flatnonzero(bad)
+        place, k = where(flat[0])
+        value = values.flat[flat[0]]
+        text = "NaN" if np.isnan(value) else ("+inf" if value > 0 else "-inf")
+        extra = ""
+        if from_text and np.isinf(value):
+            extra = " (a number too large for float64 also reads as inf)"
+        raise DataError(
+            f"{place}: the value is {text}{extra}; a density needs finite values"
+            f"{in_total(flat.size, 'non-finite entries')}. Remove or fill in "
+            f"{'those rows' if flat.size > 1 else 'that row'}, or "
+            "leave the column out with --columns."
+        )
+    big = np.abs(values) > FLOAT32_MAX
+    if big.any():
+        flat = np.flatnonzero(big)
+        place, k = where(flat[0])
+        value = float(values.flat[flat[0]])
+        scale = 10.0 ** math.ceil(math.log10(float(np.abs(values[:, k]).max())))
+        raise DataError(
+            f"{place}: the value {value:.6g} exceeds the float32 range (+-{FLOAT32_MAX:.7g}), "
+            f"and the model computes in float32{in_total(flat.size, 'such entries')}. Rescale the "
+            f"column (e.g. divide it by {scale:.0e}) or leave it out with --columns."
+        )
+    if values.shape[0] < 2 or not constant_check:
+        return  # one row: too few rows for anything, which split_rows reports
+    constant = np.flatnonzero((values == values[0]).all(axis=0))
+    if constant.size:
+        k = int(constant[0])
+        j = selection[k]
+        others = [selection[int(c)] for c in constant[1:]]
+        also = ""
+        if others:
+            also = " (also constant: " + ", ".join(repr(names[o]) for o in others) + ")"
+        constant_columns = {selection[int(c)] for c in constant}
+        keep = [c for c in selection if c not in constant_columns]
+        by_index = names == [f"x{c}" for c in range(len(names))]  # no header: suggest indices
+        example = ",".join(str(c) if by_index else names[c] for c in keep)
+        suggestion = (f"e.g. --columns {example}" if example else
+                      "no selected column varies, so there is nothing to fit")
+        raise DataError(
+            f"{source}: column {names[j]!r} (index {j}) is constant: all {values.shape[0]} rows "
+            f"are {values[0, k]:g}{also}. Its density is degenerate (a point mass, which has no "
+            f"density), so it cannot be fitted; drop it with --columns ({suggestion})."
+        )
