@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import click
 
+from cnflow.experiments.tabular import MODELS as _TABULAR_MODELS
+from cnflow.experiments.tabular import SETS as _TABULAR_SETS
+
 
 @click.group()
 def benchmark() -> None:
@@ -46,3 +49,46 @@ def cnf(out: str, runs: str, iterations: int, reuse_fits: bool) -> None:
     from cnflow.experiments.cnf_bench import write_report
 
     click.echo(write_report(out, runs, iterations=iterations, refit=not reuse_fits))
+
+
+@benchmark.command()
+@click.option("--out", type=click.Path(dir_okay=False, writable=True),
+              default="results/tabular.md", show_default=True,
+              help="Markdown report to write (with a .png figure and a .json of every fit).")
+@click.option("--work", type=click.Path(file_okay=False), default="results/runs/tabular",
+              show_default=True, help="Splits and the cache of finished fits.")
+@click.option("--sets", default=",".join(_TABULAR_SETS), show_default=True,
+              help="Comma-separated benchmark sets.")
+@click.option("--models", default=",".join(_TABULAR_MODELS), show_default=True,
+              help="Comma-separated models.")
+@click.option("--seeds", type=click.IntRange(1), default=3, show_default=True,
+              help="Seeds (splits and initialisations) per set and model.")
+@click.option("--budget", type=click.FloatRange(min=0, min_open=True), default=60.0,
+              show_default=True, help="CPU seconds per fit (training and validation).")
+@click.option("--jobs", type=click.IntRange(1), default=2, show_default=True,
+              help="Fits run in parallel, one thread each.")
+@click.option("--fresh", is_flag=True, help="Ignore cached fits in --work.")
+def tabular(out: str, work: str, sets: str, models: str, seeds: int, budget: float,
+            jobs: int, fresh: bool) -> None:
+    """cnflow fit's default CNF vs zuko's NSF, MAF and CNF on tables (needs the `bench`
+    extra)."""
+    import shlex
+
+    try:
+        import zuko  # noqa: F401
+    except ImportError:
+        raise click.ClickException("this benchmark compares against zuko; install it "
+                                   "with: pip install -e \".[bench]\"") from None
+    from cnflow.experiments.tabular import TabularConfig, write_report
+
+    try:
+        config = TabularConfig(sets=tuple(s for s in sets.split(",") if s),
+                               models=tuple(m for m in models.split(",") if m),
+                               seeds=tuple(range(seeds)), budget=budget, jobs=jobs)
+    except ValueError as error:
+        raise click.UsageError(str(error)) from None
+    command = shlex.join(["cnflow", "benchmark", "tabular", "--sets", sets, "--models", models,
+                          "--seeds", str(seeds), "--budget", f"{budget:g}", "--jobs", str(jobs),
+                          "--out", out])
+    click.echo(write_report(config, out, work, command=command, reuse=not fresh,
+                            echo=click.echo))

@@ -14,6 +14,7 @@ import numpy as np
 
 import toydata
 from cnflow.density import DYNAMICS, CheckpointError, FitConfig
+from cnflow.flows.cnf import TRACE_MODES
 from cnflow.solvers import GRADIENT_MODES, METHODS
 from cnflow.training import LR_SCHEDULES
 
@@ -135,6 +136,10 @@ _FRACTION = click.FloatRange(min=0, max=1, max_open=True)
               help="Width of the gated layer's hypernetwork of t.")
 @click.option("--depth", type=click.IntRange(1), default=_default("depth"), show_default=True,
               help="Hidden layers of concat_squash.")
+@click.option("--trace", type=click.Choice(TRACE_MODES), default=_default("trace"),
+              show_default=True, help="Trace estimator while training (auto: closed form for "
+                                      "gated, exact up to D = 8, Hutchinson above); "
+                                      "evaluation always uses the exact trace.")
 @click.option("--lr", type=_POSITIVE, default=_default("lr"), show_default=True,
               help="Adam learning rate.")
 @click.option("--lr-schedule", type=click.Choice(LR_SCHEDULES),

@@ -67,6 +67,7 @@ class FitConfig(TrainConfig):
     width: int = 128
     hidden: int = 64
     depth: int = 3
+    trace: str = "auto"
     time: float = 1.0
     # Training solves can be loose: validation and test NLL are computed separately, at
     # eval_tol with the exact trace.
@@ -122,7 +123,8 @@ def build_cnf(config: FitConfig, dim: int = 2) -> CNF:
         dynamics = ConcatSquashMLP(dim, hidden=(config.width,) * config.depth)
     return CNF(dynamics, dim=dim, time=config.time, method=config.method, rtol=config.rtol,
                atol=config.atol, eval_rtol=config.eval_tol, eval_atol=config.eval_tol,
-               gradient=config.gradient, kinetic=config.kinetic, jacobian=config.jacobian)
+               gradient=config.gradient, trace=config.trace, kinetic=config.kinetic,
+               jacobian=config.jacobian)
 
 
 def checkpoint_path(path: str | Path) -> Path:
@@ -229,7 +231,8 @@ def _file_data(config: FitConfig) -> RunData:
     for option in ("val", "test"):
         path = getattr(config, option)
         if path:
-            other = read_table(path, columns if columns else None)
+            # Evaluation rows only: a column constant in them is no reason to refuse them.
+            other = read_table(path, columns if columns else None, for_fitting=False)
             _same_columns(other, table, f"--{option}")
             parts[option] = other.values
     if len(parts["test"]) == 0:
@@ -269,7 +272,7 @@ def load_data(config: FitConfig) -> RunData:
     return _toy_data(config) if config.builtin else _file_data(config)
 
 
-def _dequantizer(data: RunData):
+def dequantizer(data: RunData):
     """Uniform noise over each integer column's bin, drawn afresh for every batch."""
     if not data.integer_columns:
         return None
@@ -338,7 +341,7 @@ def fit_run(config: FitConfig, out_dir: str | Path, device: str = "auto",
                    "bin_widths": list(data.bin_widths)}
     history = fit(flow, data.train, data.val, config,
                   checkpoint=out / "checkpoint.pt", resume=state, progress=progress,
-                  augment=_dequantizer(data), desc=f"fit {Path(config.dataset).name}",
+                  augment=dequantizer(data), desc=f"fit {Path(config.dataset).name}",
                   extra_state={"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION,
                                "config": asdict(config), "data": description})
     test_nll, eval_nfe = evaluate(flow, data.test.to(dev))

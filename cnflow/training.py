@@ -7,8 +7,10 @@ endless fresh samples.
 * **epochs** over shuffled minibatches (a torch ``DataLoader`` over the table, reshuffled
   from a generator seeded by ``(seed, epoch)``), or, for :class:`EndlessSamples`, "epochs" of
   ``steps_per_epoch`` fresh batches (the infinite-data regime of the paper's toy runs);
-* Adam with cosine decay to 1 % of the learning rate over the maximum number of steps, and
-  optional gradient-norm clipping;
+* Adam with cosine decay to 1 % of the learning rate over the run, and optional
+  gradient-norm clipping. The run's progress is the larger of the share of steps done and,
+  with ``max_time``, the share of the CPU budget spent, so a run cut short by its budget
+  still anneals (such a run is then reproducible only up to its timing);
 * after every epoch, the **validation NLL** in eval mode (exact trace, the flow's eval
   tolerance); the best-validation weights are kept, and restored at the end;
 * **early stopping** after ``patience`` validations without improvement, a **CPU-time
@@ -75,7 +77,8 @@ class TrainConfig:
             blocks of ``steps_per_epoch`` fresh batches).
         batch_size: rows per minibatch.
         lr: Adam's learning rate.
-        lr_schedule: ``"cosine"`` (decay to 1 % over ``epochs`` epochs) or ``"constant"``.
+        lr_schedule: ``"cosine"`` (decay to 1 % over the run: ``epochs`` epochs, or the
+            ``max_time`` budget if that comes first) or ``"constant"``.
         weight_decay: Adam's L2 penalty.
         grad_clip: clip the gradient's global norm to this value; None for no clipping.
         patience: stop after this many validations without a new best; None never stops
@@ -281,9 +284,17 @@ def fit(flow: Flow, train: torch.Tensor | EndlessSamples, val: torch.Tensor | No
     optimizer = torch.optim.Adam(flow.parameters(), lr=config.lr,
                                  weight_decay=config.weight_decay)
     total_steps = source.total_steps(config.epochs)
-    scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(
-        optimizer, T_max=total_steps, eta_min=config.lr * 1e-2)
-        if config.lr_schedule == "cosine" else None)
+
+    def set_lr() -> None:
+        if config.lr_schedule == "constant":
+            return
+        progress = history.steps / total_steps
+        if config.max_time is not None:
+            progress = max(progress, (time.process_time() - cpu_start) / config.max_time)
+        factor = 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+        for group in optimizer.param_groups:
+            group["lr"] = config.lr * factor
+
     history = History()
     best_weights = copy.deepcopy(flow.state_dict())
     best_val, bad_rounds, first_epoch = math.inf, 0, 0
@@ -291,8 +302,6 @@ def fit(flow: Flow, train: torch.Tensor | EndlessSamples, val: torch.Tensor | No
         loop = resume["loop"]
         flow.load_state_dict(resume["last_model"])
         optimizer.load_state_dict(resume["optimizer"])
-        if scheduler is not None:
-            scheduler.load_state_dict(resume["scheduler"])
         best_weights = resume["model"]
         best_val = loop["best_val"] if loop["best_val"] is not None else math.inf
         bad_rounds, first_epoch = loop["bad_rounds"], loop["epoch"]
@@ -312,7 +321,6 @@ def fit(flow: Flow, train: torch.Tensor | EndlessSamples, val: torch.Tensor | No
         save_checkpoint({
             **(extra_state or {}), "model": best_weights, "last_model": flow.state_dict(),
             "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict() if scheduler is not None else None,
             "rng": torch.get_rng_state(), "train_config": config.loop_settings(),
             "loop": {"epoch": epoch, "steps": history.steps, "best_val": history.best_val_nll,
                      "best_epoch": history.best_epoch, "bad_rounds": bad_rounds,
@@ -355,9 +363,8 @@ def fit(flow: Flow, train: torch.Tensor | EndlessSamples, val: torch.Tensor | No
                 break
             if config.grad_clip is not None:
                 torch.nn.utils.clip_grad_norm_(flow.parameters(), config.grad_clip)
+            set_lr()
             optimizer.step()
-            if scheduler is not None:
-                scheduler.step()
             history.steps += 1
             losses.append(loss.item())
             forward, backward = _nfe(flow)

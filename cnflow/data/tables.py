@@ -221,22 +221,16 @@ def split_rows(
     n_val = math.floor(n * val_fraction + 0.5)
     n_test = math.floor(n * test_fraction + 0.5)
     n_train = n - n_val - n_test
-    short: list[str] = []
-    hints: list[str] = []
-    if n_train < min_train:
-        short.append(f"training would get {n_train} (needs at least {min_train})")
-        hints.append("lower the validation/test fractions")
-    for label, fraction, size in (("validation", val_fraction, n_val),
-                                  ("test", test_fraction, n_test)):
-        if fraction > 0 and size < 2:
-            short.append(f"{label} would get {size} (needs at least 2)")
-            hints.append(f"raise the {label} fraction or set it to 0 to skip {label}")
-    if short:
+    too_few = n_train < min_train or any(
+        fraction > 0 and size < 2
+        for fraction, size in ((val_fraction, n_val), (test_fraction, n_test)))
+    if too_few:
         raise DataError(
-            f"{source}: {n} row{'s are' if n != 1 else ' is'} too few for the requested split (validation fraction "
-            f"{val_fraction:g}, test fraction {test_fraction:g} -> {n_train} training, {n_val} "
-            f"validation, {n_test} test rows): " + "; ".join(short)
-            + ". Supply more rows, or " + ", or ".join(dict.fromkeys(hints)) + "."
+            f"{source}: {n} row{'s are' if n != 1 else ' is'} too few to split into training "
+            f"(needs at least {min_train}), validation and test rows (at least 2 each) with "
+            f"--val-fraction {val_fraction:g} and --test-fraction {test_fraction:g}: they "
+            f"would get {n_train}, {n_val} and {n_test}. Supply more rows, or separate "
+            "--val/--test files."
         )
     order = np.random.default_rng(seed).permutation(n).astype(np.int64)
     return order[n_val + n_test:], order[:n_val], order[n_val:n_val + n_test]
