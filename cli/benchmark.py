@@ -6,6 +6,7 @@ import click
 
 from cnflow.experiments.tabular import MODELS as _TABULAR_MODELS
 from cnflow.experiments.tabular import SETS as _TABULAR_SETS
+from cnflow.experiments.tabular import SWEEP_SETS as _SWEEP_SETS
 
 
 @click.group()
@@ -67,9 +68,12 @@ def cnf(out: str, runs: str, iterations: int, reuse_fits: bool) -> None:
               show_default=True, help="CPU seconds per fit (training and validation).")
 @click.option("--jobs", type=click.IntRange(1), default=2, show_default=True,
               help="Fits run in parallel, one thread each.")
+@click.option("--sweep-sets", default=",".join(_SWEEP_SETS), show_default=True,
+              help="Sets of the defaults sweep (cnflow fit's settings against the "
+                   "alternatives); empty to skip it.")
 @click.option("--fresh", is_flag=True, help="Ignore cached fits in --work.")
 def tabular(out: str, work: str, sets: str, models: str, seeds: int, budget: float,
-            jobs: int, fresh: bool) -> None:
+            jobs: int, sweep_sets: str, fresh: bool) -> None:
     """cnflow fit's default CNF vs zuko's NSF, MAF and CNF on tables (needs the `bench`
     extra)."""
     import shlex
@@ -84,11 +88,12 @@ def tabular(out: str, work: str, sets: str, models: str, seeds: int, budget: flo
     try:
         config = TabularConfig(sets=tuple(s for s in sets.split(",") if s),
                                models=tuple(m for m in models.split(",") if m),
-                               seeds=tuple(range(seeds)), budget=budget, jobs=jobs)
+                               seeds=tuple(range(seeds)), budget=budget, jobs=jobs,
+                               sweep_sets=tuple(s for s in sweep_sets.split(",") if s))
     except ValueError as error:
         raise click.UsageError(str(error)) from None
     command = shlex.join(["cnflow", "benchmark", "tabular", "--sets", sets, "--models", models,
                           "--seeds", str(seeds), "--budget", f"{budget:g}", "--jobs", str(jobs),
-                          "--out", out])
+                          "--sweep-sets", sweep_sets, "--out", out])
     click.echo(write_report(config, out, work, command=command, reuse=not fresh,
                             echo=click.echo))

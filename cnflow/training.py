@@ -75,6 +75,8 @@ class TrainConfig:
     Args:
         epochs: maximum number of epochs (passes over the table; for endless samples,
             blocks of ``steps_per_epoch`` fresh batches).
+        min_epoch_steps: on a small table an epoch repeats passes until it has at least
+            this many steps (validation, patience and checkpoints count in epochs).
         batch_size: rows per minibatch.
         lr: Adam's learning rate.
         lr_schedule: ``"cosine"`` (decay to 1 % over the run: ``epochs`` epochs, or the
@@ -90,6 +92,7 @@ class TrainConfig:
     """
 
     epochs: int = 100
+    min_epoch_steps: int = 20
     batch_size: int = 512
     lr: float = 1e-2
     lr_schedule: str = "cosine"
@@ -101,6 +104,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         _check_number("epochs", self.epochs, integer=True)
+        _check_number("min_epoch_steps", self.min_epoch_steps, integer=True)
         _check_number("batch_size", self.batch_size, integer=True)
         _check_number("lr", self.lr)
         _check_number("weight_decay", self.weight_decay, allow_zero=True)
@@ -152,21 +156,31 @@ class EndlessSamples:
 
 
 class _Table:
-    """Shuffled minibatches of a finite table through a torch ``DataLoader``."""
+    """Shuffled minibatches of a finite table through a torch ``DataLoader``.
 
-    def __init__(self, data: torch.Tensor, batch_size: int, seed: int):
+    An epoch is one pass, or as many passes as give at least ``min_steps`` steps: on a small
+    table one pass is one or two steps, and validating (and counting patience) after every
+    step would stop a run before it has learnt anything.
+    """
+
+    def __init__(self, data: torch.Tensor, batch_size: int, seed: int, min_steps: int):
         self.dataset = TensorDataset(data)
         self.seed = seed
         # A small last batch would give a noisy step; drop it whenever a full batch exists.
         self.drop_last = len(data) > batch_size
-        self.steps_per_epoch = (len(data) // batch_size if self.drop_last else 1)
+        per_pass = len(data) // batch_size if self.drop_last else 1
+        self.passes = math.ceil(min_steps / per_pass)
+        self.rows = self.passes * len(data)
+        self.steps_per_epoch = (self.rows // batch_size if self.drop_last else self.passes)
 
     def total_steps(self, epochs: int) -> int:
         return epochs * self.steps_per_epoch
 
     def batches(self, epoch: int, batch_size: int) -> Iterator[torch.Tensor]:
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-        sampler = BatchSampler(RandomSampler(self.dataset, generator=generator), batch_size,
+        # Without replacement, num_samples = k rows draws k/n permutations back to back.
+        rows = RandomSampler(self.dataset, num_samples=self.rows, generator=generator)
+        sampler = BatchSampler(rows, min(batch_size, len(self.dataset)),
                                drop_last=self.drop_last)
         # batch_size=None: the sampler yields whole index lists, fetched in one indexing.
         for (batch,) in DataLoader(self.dataset, sampler=sampler, batch_size=None):
@@ -270,7 +284,7 @@ def fit(flow: Flow, train: torch.Tensor | EndlessSamples, val: torch.Tensor | No
         train = flow.check_points(train, "train")
         if len(train) < 2:
             raise ValueError(f"train must hold at least 2 rows, got {len(train)}")
-        source = _Table(train.cpu(), config.batch_size, config.seed)
+        source = _Table(train.cpu(), config.batch_size, config.seed, config.min_epoch_steps)
     elif isinstance(train, EndlessSamples):
         source = train
         if train.epochs is not None:

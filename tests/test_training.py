@@ -46,7 +46,7 @@ def test_fit_lowers_the_validation_nll_and_records_each_epoch():
     flow = _flow()
     flow.set_normalization(data[:400])
     before = evaluate(flow, data[400:])[0].mean()
-    history = fit(flow, data[:400], data[400:], TrainConfig(epochs=3, batch_size=64, lr=2e-2),
+    history = fit(flow, data[:400], data[400:], TrainConfig(epochs=3, batch_size=64, lr=2e-2, min_epoch_steps=1),
                   progress=False)
     assert history.epochs_run == 3 and history.steps == 3 * (400 // 64)
     assert history.stop_reason == "epochs"
@@ -63,7 +63,7 @@ def test_early_stopping_restores_the_best_validation_weights(tmp_path):
     # first epoch without a new best, and the restored weights are those of the best.
     snapshots = {}
     history = fit(flow, data[:192], data[192:],
-                  TrainConfig(epochs=30, batch_size=32, lr=0.3, patience=1),
+                  TrainConfig(epochs=30, batch_size=32, lr=0.3, patience=1, min_epoch_steps=1),
                   checkpoint=tmp_path / "ck.pt", progress=False,
                   on_epoch=lambda r: snapshots.update(
                       {r["epoch"]: torch.load(tmp_path / "ck.pt", weights_only=True)}))
@@ -83,7 +83,7 @@ def test_a_seeded_run_repeats_exactly():
     for _ in range(2):
         flow = _flow(seed=3)
         flow.set_normalization(data)
-        fit(flow, data[:160], data[160:], TrainConfig(epochs=2, batch_size=32, seed=5),
+        fit(flow, data[:160], data[160:], TrainConfig(epochs=2, batch_size=32, seed=5, min_epoch_steps=1),
             progress=False)
         results.append(_weights(flow))
     for a, b in zip(*results):
@@ -92,7 +92,7 @@ def test_a_seeded_run_repeats_exactly():
 
 def test_resume_continues_bit_for_bit(tmp_path):
     data = _data(200)
-    config = TrainConfig(epochs=4, batch_size=32, seed=1, patience=None)
+    config = TrainConfig(epochs=4, batch_size=32, seed=1, patience=None, min_epoch_steps=3)
     # Hutchinson noise and shuffling both draw random numbers: both must be restored.
     def make():
         torch.manual_seed(0)
@@ -138,6 +138,19 @@ def test_time_budget_stops_cleanly_with_a_usable_checkpoint(tmp_path):
     values = evaluate(fresh, data[200:])[0]
     assert np.isfinite(values).all()
     assert values.mean() == pytest.approx(history.best_val_nll, abs=1e-6)
+
+
+def test_a_small_table_gets_several_passes_per_epoch():
+    data = _data(50)
+    flow = _flow()
+    flow.set_normalization(data)
+    history = fit(flow, data[:40], data[40:], TrainConfig(epochs=2, batch_size=16,
+                                                          min_epoch_steps=5), progress=False)
+    # 2 full batches per pass: 3 passes (120 rows) give 7 batches of 16 per epoch.
+    assert [r["step"] for r in history.records] == [7, 14]
+    history = fit(flow, data[:10], None, TrainConfig(epochs=1, batch_size=16,
+                                                     min_epoch_steps=4), progress=False)
+    assert history.steps == 4  # fewer rows than a batch: one batch of all rows per pass
 
 
 def test_endless_samples_count_steps_exactly():
