@@ -343,9 +343,9 @@ def _sweep_section(config: TabularConfig, results: dict[Job, dict[str, Any]]) ->
         lines.append(f"| {v} | " + " | ".join(cells) + " |")
     wins = sum(values[(default, s)] == min(values[(w, s)] for w in VARIANTS)
                for s in config.sweep_sets)
-    lines += ["", f"The default is the best of these on {wins} of {len(config.sweep_sets)} "
+    lines += ["", (f"The default is the best of these on {wins} of {len(config.sweep_sets)} "
               "sets. Built-in 2-D datasets keep the settings of `results/cnf.md` (learning "
-              "rate 1e-2 over 800 fresh batches).", ""]
+              "rate 1e-2 over 800 fresh batches)."), ""]
     return lines
 
 
