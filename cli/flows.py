@@ -67,24 +67,13 @@ def _write_array(array: np.ndarray, out: Path, header: str) -> None:
 
 
 def _read_points(path: str, state: dict) -> np.ndarray:
-    """The rows of INPUT in the checkpoint's columns: by name where the file has a header
-    with the training columns, else all of its columns in order."""
-    from cnflow.data.tables import DataError, read_table
+    """The rows of INPUT in the checkpoint's columns (by name where both have a header)."""
+    from cnflow.data.tables import DataError, read_matching
 
-    columns = state["data"]["columns"]
     try:
-        table = read_table(path, for_fitting=False)
-        unnamed = table.columns == tuple(f"x{i}" for i in range(len(table.columns)))
-        if not unnamed and set(columns) <= set(table.columns) \
-                and table.columns != tuple(columns):
-            table = read_table(path, columns, for_fitting=False)
+        return read_matching(path, state["data"]["columns"], role="INPUT").values
     except DataError as error:
         raise click.BadParameter(str(error), param_hint="INPUT") from None
-    if table.values.shape[1] != len(columns):
-        raise click.BadParameter(
-            f"{path!r} has {table.values.shape[1]} columns {list(table.columns)}; the model "
-            f"was trained on {len(columns)}: {columns}", param_hint="INPUT")
-    return table.values
 
 
 def _data_argument(ctx, param, value: str) -> str:

@@ -2,6 +2,8 @@
 
 The solver core is torchdiffeq-compatible: ``from cnflow import odeint, odeint_adjoint``
 runs code written for torchdiffeq; :func:`cnflow.solve` also returns solve statistics.
+:func:`cnflow.fit` is the training loop of every flow (validation, early stopping, best
+weights, time budget, resume).
 """
 
 from cnflow.solvers import (
@@ -15,17 +17,22 @@ from cnflow.solvers import (
     odeint_adjoint,
     solve,
 )
+from cnflow.training import EndlessSamples, History, TrainConfig, fit
 
 __version__ = "0.1.0"
 
 __all__ = [
     "GRADIENT_MODES",
     "METHODS",
+    "EndlessSamples",
+    "History",
     "ODESolution",
     "ODESolverError",
     "SolveStats",
     "StepStats",
+    "TrainConfig",
     "__version__",
+    "fit",
     "odeint",
     "odeint_adjoint",
     "solve",

@@ -322,7 +322,7 @@ def fit(flow: Flow, train: torch.Tensor | EndlessSamples, val: torch.Tensor | No
         history = History(records=list(loop["records"]), best_epoch=loop["best_epoch"],
                           best_val_nll=loop["best_val"], steps=loop["steps"],
                           cpu_seconds=loop["cpu_seconds"], wall_seconds=loop["wall_seconds"])
-        torch.set_rng_state(resume["rng"])
+        torch.set_rng_state(resume["rng"].cpu())
     cpu_start = time.process_time() - history.cpu_seconds
     wall_start = time.perf_counter() - history.wall_seconds
 

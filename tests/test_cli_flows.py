@@ -127,7 +127,7 @@ def test_bad_checkpoints(tmp_path, content, message):
 
 
 @pytest.mark.parametrize("rows, message", [
-    (np.zeros((4, 3)), r"has 3 columns \['x0', 'x1', 'x2'\]; the model was trained on 2"),
+    (np.zeros((4, 3)), r"has 3 columns \[.x0., .x1., .x2.\]; expected 2"),
     (np.array([[0.0, 1.0], [np.nan, 0.0]]), (r"row 1 \(0-based\), column 'x0' \(index 0\): the "
                                             r"value is NaN")),
 ])

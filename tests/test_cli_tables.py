@@ -47,6 +47,7 @@ def test_fit_on_a_csv_writes_metrics_and_figures(table_run):
     assert metrics["test_nll_per_dim"] == pytest.approx(metrics["test_nll"] / 3)
     assert metrics["val_nll"] == min(r["val_nll"] for r in metrics["history"])
     assert metrics["entropy_floor"] is None and metrics["cpu_seconds"] > 0
+    assert metrics["train_nll_per_dim"] == pytest.approx(metrics["train_nll"] / 3)
     for name in ("config.json", "checkpoint.pt", "learning_curves.png", "pairs.png"):
         assert (out / name).is_file(), name
     assert not list(out.glob(".*tmp*"))
@@ -159,5 +160,5 @@ def test_bad_arguments(tmp_path):
     other = _write_csv(tmp_path / "two.csv", _rows(50)[:, :2], header="a,b")
     result = CliRunner().invoke(cli, ["fit", str(file), "--val", str(other), *TINY, "--out",
                                       str(tmp_path / "run")])
-    assert result.exit_code == 1 and "has 2 columns" in result.output
+    assert result.exit_code == 1 and "lacks the columns ['c']" in result.output
     assert not (tmp_path / "run").exists()

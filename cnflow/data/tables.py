@@ -177,6 +177,42 @@ def read_table(path: str | os.PathLike, columns: Sequence[str | int] | None = No
     )
 
 
+def _default_names(names: Sequence[str]) -> bool:
+    return tuple(names) == tuple(f"x{j}" for j in range(len(names)))
+
+
+def read_matching(path: str | os.PathLike, columns: Sequence[str], *, role: str = "the file",
+                  for_fitting: bool = False) -> Table:
+    """Read a table that must hold the given columns (a model's, or a training file's).
+
+    Columns are matched by name when both sides have real names (a header), so a file
+    may hold them in any order and hold others besides; otherwise by position, and then the
+    number of columns must agree.
+
+    Args:
+        path: a ``.csv`` or ``.npy`` file.
+        columns: the names to find, in the order wanted.
+        role: what the file is, for messages (e.g. ``"--val"``).
+        for_fitting: as in :func:`read_table`.
+
+    Raises:
+        DataError: as :func:`read_table`, or the columns do not match.
+    """
+    table = read_table(path, for_fitting=for_fitting)
+    wanted = list(columns)
+    if not _default_names(wanted) and not _default_names(table.columns):
+        missing = [c for c in wanted if c not in table.columns]
+        if missing:
+            raise DataError(f"{table.source}: {role} lacks the columns {missing}; it has "
+                            f"{list(table.columns)}, expected {wanted}")
+        return table if list(table.columns) == wanted else \
+            read_table(path, wanted, for_fitting=for_fitting)
+    if table.n_columns != len(wanted):
+        raise DataError(f"{table.source}: {role} has {table.n_columns} columns "
+                        f"{list(table.columns)}; expected {len(wanted)}: {wanted}")
+    return table
+
+
 def split_rows(
     n: int,
     *,
