@@ -159,6 +159,14 @@ def test_regularisers_are_integrated_along_the_solve():
     assert torch.allclose(kinetic, expected, rtol=1e-4)
     assert (frobenius > 0).all()
     assert weighted.item() == pytest.approx((kinetic + frobenius).mean().item())
+    # The same trajectory solved data → base (as in log_prob and training) must give the
+    # same positive integrals, so that adding them to the loss penalises them.
+    x, _ = flow.from_base(z)
+    flow.noise_kind = "gaussian"
+    flow.to_base(x.detach())
+    back_kinetic, back_frobenius = flow.last_regularization.unbind(1)
+    assert torch.allclose(back_kinetic, kinetic, rtol=1e-5)
+    assert (back_frobenius > 0).all() and flow.regularization() > 0
 
 
 def test_normalization_is_part_of_the_density():

@@ -287,7 +287,11 @@ class CNF(Flow):
                     adjoint_options={"norm": "seminorm"})
         self.last_stats = sol.stats
         ys = sol.ys
-        self.last_regularization = ys[-1, :, self.dim + 1:] if extra else None
+        # The regularisers are integrals over [0, T]; solved from T to 0 (data → base, as in
+        # log_prob) their state ends at minus the integral.
+        backward = float(times[-1]) < float(times[0])
+        reg = ys[-1, :, self.dim + 1:] if extra else None
+        self.last_regularization = -reg if backward and reg is not None else reg
         return ys
 
     def regularization(self) -> torch.Tensor:
