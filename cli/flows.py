@@ -136,8 +136,8 @@ _FRACTION = click.FloatRange(min=0, max=1, max_open=True)
               help="cosine: decay to 1 % over the maximum number of steps.")
 @click.option("--weight-decay", type=click.FloatRange(min=0), default=_default("weight_decay"),
               show_default=True)
-@click.option("--grad-clip", type=_POSITIVE, default=None,
-              help="Clip the gradient norm to this value  [default: no clipping]")
+@click.option("--grad-clip", type=click.FloatRange(min=0), default=_default("grad_clip"),
+              show_default=True, help="Clip the gradient norm to this value; 0: no clipping.")
 @click.option("--rtol", type=_POSITIVE, default=_default("rtol"), show_default=True,
               help="Solver tolerance while training.")
 @click.option("--atol", type=_POSITIVE, default=_default("atol"), show_default=True)
@@ -152,8 +152,9 @@ _FRACTION = click.FloatRange(min=0, max=1, max_open=True)
 @click.option("--test-size", type=click.IntRange(2), default=_default("test_size"),
               show_default=True, help="Built-in datasets: fresh held-out points for the "
                                       "test NLL.")
-@click.option("--kinetic", type=click.FloatRange(min=0), default=_default("kinetic"),
-              show_default=True, help="Weight of the kinetic-energy regulariser.")
+@click.option("--kinetic", type=click.FloatRange(min=0), default=None,
+              help="Weight of the kinetic-energy regulariser  [default: 0 for built-in "
+                   "datasets, 0.01 for files]")
 @click.option("--jacobian", type=click.FloatRange(min=0), default=_default("jacobian"),
               show_default=True, help="Weight of the Jacobian-Frobenius regulariser.")
 @click.option("--seed", type=click.IntRange(0), default=_default("seed"), show_default=True,
@@ -192,6 +193,7 @@ def fit(data: str, out: str | None, device: str, resume: str | None, no_figures:
 
     torch.set_num_threads(threads)
     names = {f.name for f in fields(FitConfig)}
+    settings["grad_clip"] = settings["grad_clip"] or None
     try:
         config = FitConfig(dataset=data, **{k: v for k, v in settings.items() if k in names})
     except ValueError as error:

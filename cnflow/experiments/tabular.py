@@ -53,10 +53,10 @@ MODELS = ("cnflow", "zuko_nsf", "zuko_maf", "zuko_cnf")
 # The defaults sweep: ``cnflow fit``'s settings for files against the alternatives that
 # were candidates (FitConfig overrides; {} is the default itself).
 VARIANTS: dict[str, dict[str, Any]] = {
-    "default (gated M=128, hypernet 64, lr 3e-3)": {},
+    "default (gated M=128, hypernet 64, lr 3e-3, kinetic 0.01, clip 5)": {},
     "lr 1e-2": {"lr": 1e-2},
+    "no kinetic regulariser": {"kinetic": 0.0},
     "M=64, hypernet 32": {"width": 64, "hidden": 32},
-    "M=64, hypernet 32, lr 1e-2": {"width": 64, "hidden": 32, "lr": 1e-2},
     "concat-squash 3x64": {"dynamics": "concat_squash", "width": 64},
     "training tolerance 1e-3": {"rtol": 1e-3, "atol": 1e-3},
 }
