@@ -170,9 +170,11 @@ _FRACTION = click.FloatRange(min=0, max=1, max_open=True)
 @click.option("--threads", type=click.IntRange(1), default=1, show_default=True,
               help="CPU threads for torch. A CNF's tensors are small: one thread avoids "
                    "thread-synchronisation overhead that can make several threads slower.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace another run in the run directory (refused without this).")
 @click.option("--no-figures", is_flag=True, help="Skip the PNG figures.")
 def fit(data: str, out: str | None, device: str, resume: str | None, no_figures: bool,
-        threads: int, **settings) -> None:
+        threads: int, overwrite: bool, **settings) -> None:
     """Fit a CNF density model to DATA by maximum likelihood; write a run directory.
 
     DATA is a built-in dataset (`cnflow datasets` lists them; fresh samples every step)
@@ -207,7 +209,7 @@ def fit(data: str, out: str | None, device: str, resume: str | None, no_figures:
                                                                     err=True)
         try:
             metrics = fit_run(config, run_dir, device=device, resume=resume,
-                              figures=not no_figures)
+                              figures=not no_figures, overwrite=overwrite)
         except (DataError, CheckpointError, ValueError) as error:
             raise click.ClickException(str(error)) from None
     floor = metrics["entropy_floor"]

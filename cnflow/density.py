@@ -28,7 +28,7 @@ import torch
 import toydata
 from cnflow.data.tables import DataError, parse_columns, read_matching, read_table, split_rows
 from cnflow.flows.cnf import CNF, ConcatSquashMLP, GatedHyperDynamics
-from cnflow.runs import environment, resolve_device, write_json
+from cnflow.runs import environment, resolve_device, run_directory, write_json
 from cnflow.training import EndlessSamples, TrainConfig, evaluate, fit, mean_and_stderr
 
 CHECKPOINT_FORMAT = "cnflow-cnf"
@@ -310,7 +310,7 @@ def _check_resume(config: FitConfig, state: dict[str, Any], resume: str | Path) 
 
 def fit_run(config: FitConfig, out_dir: str | Path, device: str = "auto",
             resume: str | Path | None = None, progress: bool | None = None,
-            figures: bool = True) -> dict[str, Any]:
+            figures: bool = True, overwrite: bool = False) -> dict[str, Any]:
     """Train a CNF on ``config.dataset`` by maximum likelihood and write a run directory.
 
     Args:
@@ -323,6 +323,8 @@ def fit_run(config: FitConfig, out_dir: str | Path, device: str = "auto",
             is evaluated again, not trained further.
         progress: show a progress bar; None shows it only on a terminal.
         figures: write the PNG figures.
+        overwrite: replace another run in ``out_dir`` (refused otherwise, unless it is the
+            run being resumed).
 
     Returns:
         The metrics written to ``metrics.json``.
@@ -330,6 +332,7 @@ def fit_run(config: FitConfig, out_dir: str | Path, device: str = "auto",
     Raises:
         DataError: bad data (nothing is written then).
         CheckpointError, ValueError: a bad resume checkpoint or setting.
+        RunDirectoryError: ``out_dir`` holds another run, or another run is writing there.
     """
     start, cpu_start = time.perf_counter(), time.process_time()
     data = load_data(config)  # every data error is raised before anything is written
@@ -341,33 +344,34 @@ def fit_run(config: FitConfig, out_dir: str | Path, device: str = "auto",
     torch.manual_seed(config.seed)
     flow = build_cnf(config, data.dim).to(dev)
     flow.set_normalization(data.normalization.to(dev))
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(asdict(config), out / "config.json")
-    description = {"dim": data.dim, "columns": list(data.columns),
-                   "integer_columns": list(data.integer_columns),
-                   "bin_widths": list(data.bin_widths)}
-    history = fit(flow, data.train, data.val, config,
-                  checkpoint=out / "checkpoint.pt", resume=state, progress=progress,
-                  augment=dequantizer(data), desc=f"fit {Path(config.dataset).name}",
-                  extra_state={"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION,
-                               "config": asdict(config), "data": description})
-    test_nll, eval_nfe = evaluate(flow, data.test.to(dev))
-    train_nll = None
-    if isinstance(data.train, torch.Tensor):
-        # Exact, as the test NLL, on as many training rows as there are test rows (the
-        # split is already shuffled): beside the test NLL it shows how much the model overfits.
-        train_nll = float(evaluate(flow, data.train[: len(data.test)].to(dev))[0].mean())
-    metrics = _metrics(config, data, flow, history, test_nll, train_nll, eval_nfe,
-                       description, dev)
-    metrics["wall_seconds"] = time.perf_counter() - start
-    metrics["cpu_seconds"] = time.process_time() - cpu_start
-    write_json(metrics, out / "metrics.json")
-    if figures:
-        metrics["figures"] = _figures(flow, data, history, out)
+    resuming = resume is not None and checkpoint_path(resume).resolve().parent == \
+        Path(out_dir).resolve()
+    with run_directory(out_dir, resuming=resuming, overwrite=overwrite) as out:
+        write_json(asdict(config), out / "config.json")
+        description = {"dim": data.dim, "columns": list(data.columns),
+                       "integer_columns": list(data.integer_columns),
+                       "bin_widths": list(data.bin_widths)}
+        history = fit(flow, data.train, data.val, config,
+                      checkpoint=out / "checkpoint.pt", resume=state, progress=progress,
+                      augment=dequantizer(data), desc=f"fit {Path(config.dataset).name}",
+                      extra_state={"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION,
+                                   "config": asdict(config), "data": description})
+        test_nll, eval_nfe = evaluate(flow, data.test.to(dev))
+        train_nll = None
+        if isinstance(data.train, torch.Tensor):
+            # Exact, as the test NLL, on as many training rows as there are test rows (the
+            # split is already shuffled): beside the test NLL, it shows the overfitting.
+            train_nll = float(evaluate(flow, data.train[: len(data.test)].to(dev))[0].mean())
+        metrics = _metrics(config, data, flow, history, test_nll, train_nll, eval_nfe,
+                           description, dev)
         metrics["wall_seconds"] = time.perf_counter() - start
         metrics["cpu_seconds"] = time.process_time() - cpu_start
         write_json(metrics, out / "metrics.json")
+        if figures:
+            metrics["figures"] = _figures(flow, data, history, out)
+            metrics["wall_seconds"] = time.perf_counter() - start
+            metrics["cpu_seconds"] = time.process_time() - cpu_start
+            write_json(metrics, out / "metrics.json")
     return metrics
 
 

@@ -10,6 +10,8 @@ import json
 import os
 import platform
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +77,57 @@ def write_bytes(data: bytes, path: str | os.PathLike) -> None:
 def write_text(text: str, path: str | os.PathLike) -> None:
     """Write a text file (a report, a CSV), atomically."""
     write_bytes(text.encode(), path)
+
+
+# What a training run writes into its folder: a folder holding any of these holds a run.
+RUN_FILES = ("config.json", "checkpoint.pt", "metrics.json")
+
+
+class RunDirectoryError(ValueError):
+    """A run folder holds another run, or another process is writing into it."""
+
+
+@contextmanager
+def run_directory(path: str | os.PathLike, *, resuming: bool = False,
+                  overwrite: bool = False) -> Iterator[Path]:
+    """Claim a run folder for one run: create it, refuse it if it holds another run, and hold
+    an exclusive lock on it while the run writes.
+
+    Args:
+        path: the run folder.
+        resuming: the run continues the one in this folder (its files are kept).
+        overwrite: clear another run's files (``RUN_FILES`` and figures) first.
+
+    Raises:
+        RunDirectoryError: the folder holds another run (and neither ``resuming`` nor
+            ``overwrite``), or another process holds its lock.
+    """
+    folder = Path(path)
+    if folder.exists() and not folder.is_dir():
+        raise RunDirectoryError(f"run folder {str(folder)!r} is a file")
+    if not resuming and folder.is_dir():
+        held = [name for name in RUN_FILES if (folder / name).exists()]
+        if held and not overwrite:
+            raise RunDirectoryError(
+                f"{str(folder)!r} already holds a run ({', '.join(held)}); choose another "
+                "--out, continue it with --resume, or replace it with --overwrite")
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".lock", "w") as lock:
+        try:
+            import fcntl
+        except ImportError:  # not POSIX: no lock, the other checks still hold
+            fcntl = None
+        if fcntl is not None:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise RunDirectoryError(f"another process is writing a run into "
+                                        f"{str(folder)!r}; wait for it or choose another "
+                                        "--out") from None
+        if not resuming and overwrite:
+            for file in [*(folder / name for name in RUN_FILES), *folder.glob("*.png")]:
+                file.unlink(missing_ok=True)
+        yield folder
 
 
 def environment() -> dict[str, str]:

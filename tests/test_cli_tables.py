@@ -162,3 +162,30 @@ def test_bad_arguments(tmp_path):
                                       str(tmp_path / "run")])
     assert result.exit_code == 1 and "lacks the columns ['c']" in result.output
     assert not (tmp_path / "run").exists()
+
+
+def test_a_run_folder_holding_another_run_is_refused_unless_overwritten(tmp_path):
+    file = _write_csv(tmp_path / "t.csv", _rows(100))
+    out = tmp_path / "run"
+    args = ["fit", str(file), *TINY, "--out", str(out)]
+    assert CliRunner().invoke(cli, args).exit_code == 0
+    before = (out / "checkpoint.pt").read_bytes()
+    result = CliRunner().invoke(cli, [*args, "--seed", "1"])
+    assert result.exit_code == 1 and "already holds a run" in result.output
+    assert "--overwrite" in result.output and (out / "checkpoint.pt").read_bytes() == before
+    (out / "old.png").write_bytes(b"")
+    result = CliRunner().invoke(cli, [*args, "--seed", "1", "--overwrite", "--no-figures"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "config.json").read_text())["seed"] == 1
+    assert not (out / "old.png").exists() and not (out / "pairs.png").exists()
+
+
+def test_a_run_folder_being_written_is_locked(tmp_path):
+    from cnflow.runs import run_directory
+
+    file = _write_csv(tmp_path / "t.csv", _rows(100))
+    with run_directory(tmp_path / "run"):
+        result = CliRunner().invoke(cli, ["fit", str(file), *TINY, "--out",
+                                          str(tmp_path / "run")])
+    assert result.exit_code == 1 and "another process is writing" in result.output
+    assert not (tmp_path / "run" / "config.json").exists()

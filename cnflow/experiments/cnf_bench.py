@@ -221,7 +221,8 @@ def write_report(out: str | Path, runs_dir: str | Path, iterations: int = 20,
     for dataset in ("two_moons", "two_circles"):
         run = runs_dir / dataset
         if refit or not (run / "metrics.json").exists():
-            fit_run(FitConfig(dataset=dataset), run, device="cpu", progress=False)
+            fit_run(FitConfig(dataset=dataset), run, device="cpu", progress=False,
+                    overwrite=True)
         fits[dataset] = json.loads((run / "metrics.json").read_text())
     flow, _, _ = load_checkpoint(runs_dir / "two_moons")
     rates = throughput(flow, "cpu")
