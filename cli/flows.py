@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import warnings
 from dataclasses import fields
 from pathlib import Path
@@ -84,8 +85,21 @@ def _data_argument(ctx, param, value: str) -> str:
         ".csv or .npy file", ctx=ctx, param=param)
 
 
-_POSITIVE = click.FloatRange(min=0, min_open=True)
-_FRACTION = click.FloatRange(min=0, max=1, max_open=True)
+class FiniteFloat(click.FloatRange):
+    """A ``FloatRange`` that also refuses ``nan`` and ``inf`` (they pass range checks)."""
+
+    name = "finite float"
+
+    def convert(self, value, param, ctx):
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return number
+
+
+_POSITIVE = FiniteFloat(min=0, min_open=True)
+_NON_NEGATIVE = FiniteFloat(min=0)
+_FRACTION = FiniteFloat(min=0, max=1, max_open=True)
 
 
 @click.command()
@@ -134,9 +148,9 @@ _FRACTION = click.FloatRange(min=0, max=1, max_open=True)
 @click.option("--lr-schedule", type=click.Choice(LR_SCHEDULES),
               default=_default("lr_schedule"), show_default=True,
               help="cosine: decay to 1 % over the maximum number of steps.")
-@click.option("--weight-decay", type=click.FloatRange(min=0), default=_default("weight_decay"),
+@click.option("--weight-decay", type=_NON_NEGATIVE, default=_default("weight_decay"),
               show_default=True)
-@click.option("--grad-clip", type=click.FloatRange(min=0), default=_default("grad_clip"),
+@click.option("--grad-clip", type=_NON_NEGATIVE, default=_default("grad_clip"),
               show_default=True, help="Clip the gradient norm to this value; 0: no clipping.")
 @click.option("--rtol", type=_POSITIVE, default=_default("rtol"), show_default=True,
               help="Solver tolerance while training.")
@@ -152,10 +166,10 @@ _FRACTION = click.FloatRange(min=0, max=1, max_open=True)
 @click.option("--test-size", type=click.IntRange(2), default=_default("test_size"),
               show_default=True, help="Built-in datasets: fresh held-out points for the "
                                       "test NLL.")
-@click.option("--kinetic", type=click.FloatRange(min=0), default=None,
+@click.option("--kinetic", type=_NON_NEGATIVE, default=None,
               help="Weight of the kinetic-energy regulariser  [default: 0 for built-in "
                    "datasets, 0.01 for files]")
-@click.option("--jacobian", type=click.FloatRange(min=0), default=_default("jacobian"),
+@click.option("--jacobian", type=_NON_NEGATIVE, default=_default("jacobian"),
               show_default=True, help="Weight of the Jacobian-Frobenius regulariser.")
 @click.option("--seed", type=click.IntRange(0), default=_default("seed"), show_default=True,
               help="Initialisation, splits, shuffling and noise.")
@@ -192,6 +206,7 @@ def fit(data: str, out: str | None, device: str, resume: str | None, no_figures:
 
     from cnflow.data.tables import DataError
     from cnflow.density import fit_run
+    from cnflow.solvers import ODESolverError
 
     torch.set_num_threads(threads)
     names = {f.name for f in fields(FitConfig)}
@@ -210,8 +225,11 @@ def fit(data: str, out: str | None, device: str, resume: str | None, no_figures:
         try:
             metrics = fit_run(config, run_dir, device=device, resume=resume,
                               figures=not no_figures, overwrite=overwrite)
-        except (DataError, CheckpointError, ValueError) as error:
+        except (DataError, CheckpointError, ValueError, ODESolverError) as error:
             raise click.ClickException(str(error)) from None
+        except OSError as error:
+            raise click.ClickException(f"cannot write the run directory {str(run_dir)!r}: "
+                                       f"{error.strerror or error}") from None
     floor = metrics["entropy_floor"]
     gap = "" if floor is None else f"  floor {floor:.4f}  gap {metrics['gap']:+.4f}"
     click.echo(f"test NLL {metrics['test_nll']:.4f} ± {metrics['test_nll_stderr']:.4f} nats "
@@ -227,7 +245,7 @@ def fit(data: str, out: str | None, device: str, resume: str | None, no_figures:
 @click.option("--out", "-o", required=True, type=click.Path(), help="Output .npy or .csv.")
 @click.option("--plot", type=click.Path(), default=None,
               help="Also save a PNG: a scatter for 2-D models, a pair plot otherwise.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(0), default=0, show_default=True)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
               show_default=True)
 def sample(checkpoint: str, num: int, out: str, plot: str | None, seed: int,
@@ -245,8 +263,13 @@ def sample(checkpoint: str, num: int, out: str, plot: str | None, seed: int,
     if plot_path is not None:
         from cnflow import plots
 
-        plots.sample_plot(points, columns, plot_path,
-                          title=f"{num} samples, CNF on {Path(config.dataset).name}")
+        try:
+            plots.sample_plot(points, columns, plot_path,
+                              title=f"{num} samples, CNF on {Path(config.dataset).name}")
+        except OSError as error:
+            target.unlink(missing_ok=True)  # all or nothing
+            raise click.ClickException(f"cannot write {str(plot_path)!r}: "
+                                       f"{error.strerror or error}") from None
     click.echo(f"wrote {num} samples to {target}")
 
 

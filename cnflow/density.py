@@ -176,6 +176,11 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu"
         flow.load_state_dict(state["model"])
     except (KeyError, ValueError, RuntimeError, TypeError) as error:
         raise CheckpointError(f"{str(file)!r} does not hold a valid CNF: {error}") from None
+    bad = [name for name, value in flow.state_dict().items()
+           if value.is_floating_point() and not torch.isfinite(value).all()]
+    if bad:
+        raise CheckpointError(f"{str(file)!r} holds non-finite values in {bad[:5]}; it cannot "
+                              "give densities or samples")
     return flow.to(device).eval(), config, state
 
 

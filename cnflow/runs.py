@@ -63,9 +63,21 @@ def save_checkpoint(obj: Any, path: str | os.PathLike) -> None:
     _atomic_write(Path(path), lambda handle: torch.save(obj, handle))
 
 
+def _strict(obj: Any) -> Any:
+    """``obj`` with every non-finite float replaced by None (JSON has no NaN or Infinity)."""
+    if isinstance(obj, float):
+        return obj if obj == obj and abs(obj) != float("inf") else None
+    if isinstance(obj, dict):
+        return {k: _strict(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_strict(v) for v in obj]
+    return obj
+
+
 def write_json(obj: Any, path: str | os.PathLike) -> None:
-    """Write ``obj`` as indented JSON, atomically."""
-    text = json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n"
+    """Write ``obj`` as indented, strict JSON (non-finite numbers as null), atomically."""
+    text = json.dumps(_strict(obj), indent=2, sort_keys=True, default=str,
+                      allow_nan=False) + "\n"
     _atomic_write(Path(path), lambda handle: handle.write(text.encode()))
 
 

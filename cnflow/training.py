@@ -37,6 +37,7 @@ from __future__ import annotations
 import copy
 import math
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -375,8 +376,11 @@ def fit(flow: Flow, train: torch.Tensor | EndlessSamples, val: torch.Tensor | No
                 # A blown-up field: stop like a non-finite loss, keeping the best weights.
                 stop = "non-finite loss"
                 break
-            if config.grad_clip is not None:
-                torch.nn.utils.clip_grad_norm_(flow.parameters(), config.grad_clip)
+            norm = torch.nn.utils.clip_grad_norm_(
+                flow.parameters(), config.grad_clip if config.grad_clip is not None else math.inf)
+            if not torch.isfinite(norm):
+                stop = "non-finite loss"  # a step now would write NaN into the weights
+                break
             set_lr()
             optimizer.step()
             history.steps += 1
@@ -392,7 +396,12 @@ def fit(flow: Flow, train: torch.Tensor | EndlessSamples, val: torch.Tensor | No
                 stop = "time budget"
                 break
         if val is not None:
-            val_nll = float(evaluate(flow, val)[0].mean())
+            try:
+                val_nll = float(evaluate(flow, val)[0].mean())
+            except ODESolverError:
+                val_nll = math.nan
+            if not math.isfinite(val_nll):
+                stop = "non-finite loss"
             if val_nll < best_val:
                 best_val, bad_rounds = val_nll, 0
                 best_weights = copy.deepcopy(flow.state_dict())
@@ -427,6 +436,11 @@ def fit(flow: Flow, train: torch.Tensor | EndlessSamples, val: torch.Tensor | No
             break
     bar.close()
     history.stop_reason = stop or "epochs"
+    if history.stop_reason == "non-finite loss":
+        warnings.warn(f"training stopped at step {history.steps + 1}: the loss or its gradient "
+                      f"became non-finite (or the solver failed); the best weights (epoch "
+                      f"{history.best_epoch}) are kept. Try a lower learning rate, gradient "
+                      "clipping or tighter training tolerances.", stacklevel=2)
     # The last checkpoint already holds these weights as "model" (and the current ones as
     # "last_model", so a resumed run continues from where this one stopped).
     flow.load_state_dict(best_weights)

@@ -189,3 +189,35 @@ def test_a_run_folder_being_written_is_locked(tmp_path):
                                           str(tmp_path / "run")])
     assert result.exit_code == 1 and "another process is writing" in result.output
     assert not (tmp_path / "run" / "config.json").exists()
+
+
+def test_non_finite_options_and_checkpoints_are_refused(table_run, tmp_path):
+    data, out = table_run
+    for option in ("--lr", "--rtol", "--kinetic", "--max-time", "--val-fraction"):
+        for value in ("nan", "inf"):
+            result = CliRunner().invoke(cli, ["fit", str(data), option, value, "--out",
+                                              str(tmp_path / "r")])
+            assert result.exit_code == 2 and option in result.output, result.output
+            assert "finite" in result.output or "range" in result.output
+            assert not (tmp_path / "r").exists()
+    state = torch.load(out / "checkpoint.pt", weights_only=True)
+    state["model"]["shift"][0] = float("nan")
+    torch.save(state, tmp_path / "nan.pt")
+    result = CliRunner().invoke(cli, ["sample", "-c", str(tmp_path / "nan.pt"), "-n", "5",
+                                      "--out", str(tmp_path / "s.csv")])
+    assert result.exit_code == 1 and "non-finite values in ['shift']" in result.output
+    assert not (tmp_path / "s.csv").exists()
+
+
+def test_a_diverging_fit_stops_with_a_message_and_finite_weights(tmp_path):
+    from cnflow.density import load_checkpoint
+
+    file = _write_csv(tmp_path / "t.csv", _rows(200))
+    out = tmp_path / "run"
+    result = CliRunner().invoke(cli, ["fit", str(file), *TINY, "--lr", "1e6", "--grad-clip",
+                                      "0", "--epochs", "20", "--no-figures", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "warning: training stopped at step" in result.output
+    assert "non-finite loss" in result.output
+    flow, _, _ = load_checkpoint(out)  # refuses non-finite weights: these are the best ones
+    assert all(torch.isfinite(p).all() for p in flow.parameters())

@@ -131,7 +131,12 @@ def _initial_step(func: Func, tab: ButcherTableau, t0: float, y0: torch.Tensor,
     """Hairer, Nørsett & Wanner (1993), Sec. II.4: a first step from two derivative samples."""
     scale = atol + rtol * y0.abs()
     d0, d1 = torch.stack([norm(y0 / scale), norm(f0 / scale)]).tolist()
+    if not (math.isfinite(d0) and math.isfinite(d1)):
+        raise _fail("the initial state or the vector field is not finite", t0, 0.0,
+                    "Check y0 and the field's parameters (a diverged training run?).")
     h0 = 1e-6 if d0 < 1e-5 or d1 < 1e-5 else 0.01 * d0 / d1
+    # A field that is huge next to the state makes h0 underflow to zero.
+    h0 = max(h0, 1e-12)
     f1 = func(_time(t0 + h0, y0), y0 + h0 * f0)
     stats.nfe += 1
     d2 = float(norm((f1 - f0) / scale)) / h0
