@@ -7,6 +7,7 @@ crash never leaves a half-written checkpoint or metrics file behind.
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import tempfile
@@ -66,7 +67,7 @@ def save_checkpoint(obj: Any, path: str | os.PathLike) -> None:
 def _strict(obj: Any) -> Any:
     """``obj`` with every non-finite float replaced by None (JSON has no NaN or Infinity)."""
     if isinstance(obj, float):
-        return obj if obj == obj and abs(obj) != float("inf") else None
+        return obj if math.isfinite(obj) else None
     if isinstance(obj, dict):
         return {k: _strict(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
