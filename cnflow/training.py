@@ -233,10 +233,9 @@ def evaluate(flow: Flow, x: torch.Tensor, batch: int = 10000) -> tuple[np.ndarra
     """Per-row NLL in eval mode (exact trace, eval tolerance) and the forward NFE spent."""
     was_training = flow.training
     flow.eval()
-    anchor = flow._anchor
     nll, nfe = [], 0
     for chunk in torch.split(x, batch):
-        nll.append(-flow.log_prob(chunk.to(anchor.device, anchor.dtype)))
+        nll.append(-flow.log_prob(chunk.to(flow.device, flow.dtype)))
         stats = getattr(flow, "last_stats", None)
         nfe += stats.forward.nfe if stats is not None else 0
     flow.train(was_training)
@@ -294,7 +293,6 @@ def fit(flow: Flow, train: torch.Tensor | EndlessSamples, val: torch.Tensor | No
         raise TypeError(f"train must be a tensor or EndlessSamples, got {type(train).__name__}")
     if val is not None:
         val = flow.check_points(val, "val")
-    device = flow._anchor.device
 
     optimizer = torch.optim.Adam(flow.parameters(), lr=config.lr,
                                  weight_decay=config.weight_decay)
@@ -361,7 +359,7 @@ def fit(flow: Flow, train: torch.Tensor | EndlessSamples, val: torch.Tensor | No
             break
         losses, nfe_f, nfe_b = [], [], []
         for batch in source.batches(epoch, config.batch_size):
-            x = batch.to(device, flow._anchor.dtype)
+            x = batch.to(flow.device, flow.dtype)
             if augment is not None:
                 x = augment(x)
             try:

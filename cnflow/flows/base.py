@@ -43,6 +43,16 @@ class Flow(nn.Module):
     def event_shape(self) -> torch.Size:
         return torch.Size([self.dim])
 
+    @property
+    def device(self) -> torch.device:
+        """Where the flow's parameters and buffers live (samples are drawn there)."""
+        return self._anchor.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The floating-point type of the flow (inputs are computed in it)."""
+        return self._anchor.dtype
+
     def to_base(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
 
