@@ -71,9 +71,11 @@ def cnf(out: str, runs: str, iterations: int, reuse_fits: bool) -> None:
 @click.option("--sweep-sets", default=",".join(_SWEEP_SETS), show_default=True,
               help="Sets of the defaults sweep (cnflow fit's settings against the "
                    "alternatives); empty to skip it.")
+@click.option("--full-runs/--no-full-runs", default=True, show_default=True,
+              help="Also run the whole default `cnflow fit` on a 20,000 x 6 table.")
 @click.option("--fresh", is_flag=True, help="Ignore cached fits in --work.")
 def tabular(out: str, work: str, sets: str, models: str, seeds: int, budget: float,
-            jobs: int, sweep_sets: str, fresh: bool) -> None:
+            jobs: int, sweep_sets: str, full_runs: bool, fresh: bool) -> None:
     """cnflow fit's default CNF vs zuko's NSF, MAF and CNF on tables (needs the `bench`
     extra)."""
     import shlex
@@ -89,11 +91,13 @@ def tabular(out: str, work: str, sets: str, models: str, seeds: int, budget: flo
         config = TabularConfig(sets=tuple(s for s in sets.split(",") if s),
                                models=tuple(m for m in models.split(",") if m),
                                seeds=tuple(range(seeds)), budget=budget, jobs=jobs,
-                               sweep_sets=tuple(s for s in sweep_sets.split(",") if s))
+                               sweep_sets=tuple(s for s in sweep_sets.split(",") if s),
+                               full_runs=full_runs)
     except ValueError as error:
         raise click.UsageError(str(error)) from None
     command = shlex.join(["cnflow", "benchmark", "tabular", "--sets", sets, "--models", models,
                           "--seeds", str(seeds), "--budget", f"{budget:g}", "--jobs", str(jobs),
-                          "--sweep-sets", sweep_sets, "--out", out])
+                          "--sweep-sets", sweep_sets,
+                          "--full-runs" if full_runs else "--no-full-runs", "--out", out])
     click.echo(write_report(config, out, work, command=command, reuse=not fresh,
                             echo=click.echo))

@@ -51,8 +51,8 @@ class FitConfig(TrainConfig):
     """
 
     dataset: str = "two_moons"
-    # None: 1e-2 for the built-in datasets (800 fresh batches), 3e-3 for files, where it
-    # measured better on every set of results/tabular.md's defaults sweep.
+    # None: 1e-2 for the built-in datasets (800 fresh batches), 3e-3 for files, better than
+    # 1e-2 on 3 of the 4 sets of results/tabular.md's defaults sweep.
     lr: float | None = None
     # Without clipping (and without the kinetic regulariser) the gated field stiffened late
     # in a 100-epoch run on a 20,000 x 6 table: NFE grew tenfold and the validation NLL rose.

@@ -49,7 +49,7 @@ def test_zuko_adapter_reports_nll_in_data_coordinates():
 
 def test_a_tiny_benchmark_writes_its_report_and_reuses_its_cache(tmp_path):
     config = TabularConfig(sets=("wine",), models=("cnflow",), seeds=(0, 1), budget=0.5,
-                           jobs=1, sweep_sets=())
+                           jobs=1, sweep_sets=(), full_runs=False)
     out = tmp_path / "tabular.md"
     lines = []
     text = write_report(config, out, tmp_path / "work", command="cnflow benchmark tabular",
