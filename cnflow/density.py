@@ -54,9 +54,9 @@ class FitConfig(TrainConfig):
     # None: 1e-2 for the built-in datasets (800 fresh batches), 3e-3 for files, better than
     # 1e-2 on 3 of the 4 sets of results/tabular.md's defaults sweep.
     lr: float | None = None
-    # Without clipping (and without the kinetic regulariser) the gated field stiffened late
-    # in a 100-epoch run on a 20,000 x 6 table: NFE grew tenfold and the validation NLL rose.
-    # Clipping at 5 (typical norms are 1-3) cuts the spikes that start such a blow-up.
+    # A guard against gradient spikes (typical norms are 1-3); on the 20,000 x 6 table of
+    # results/tabular.md it did not, alone, prevent the blow-up that the kinetic
+    # regulariser prevents.
     grad_clip: float | None = 5.0
     # -- data files
     columns: str | None = None
@@ -83,9 +83,10 @@ class FitConfig(TrainConfig):
     method: str = "dopri5"
     gradient: str = "adjoint"
     eval_tol: float = 1e-7
-    # None: 0 for the built-in datasets; 0.01 for files (RNODE's weight, Finlay et al. 2020),
-    # which on a 20,000 x 6 table gave a lower validation NLL at equal CPU time and ~25 %
-    # fewer function evaluations than no regulariser.
+    # None: 0 for the built-in datasets; 0.01 for files (RNODE's weight, Finlay et al. 2020).
+    # Without it the full default run on the 20,000 x 6 table of results/tabular.md
+    # stiffened late in training (NFE per step up tenfold, validation NLL rising), stopped
+    # early with a worse test NLL and took 1.6-2x the CPU time.
     kinetic: float | None = None
     jacobian: float = 0.0
 

@@ -297,7 +297,7 @@ def write_report(out: str | Path, runs_dir: str | Path, iterations: int = 20,
         lines.append(
             f"| {dataset} | {m['test_nll']:.4f} ± {m['test_nll_stderr']:.4f} | "
             f"{m['entropy_floor']:.4f} | {m['gap']:+.4f} | {m['kl_estimate']:.4f} ± "
-            f"{m['kl_stderr']:.4f} | ≤ {goal} ({verdict}) | {m['iterations']} | "
+            f"{m['kl_stderr']:.4f} | ≤ {goal} ({verdict}) | {m['steps']} | "
             f"{m['cpu_seconds']:.0f} | {m['wall_seconds']:.0f} |")
     lines += [
         "",

@@ -387,7 +387,8 @@ def _figure(table, sets, models, path: Path) -> None:
         if floor is not None:
             ax.axhline(floor / dim, color="black", linestyle=":", label="floor")
         ax.set_xticks(range(len(models)), models, rotation=60, fontsize=7)
-        low, high = min(means), max(means)
+        # Bars do not start at 0 (NLL can be negative); the floor stays in view.
+        low, high = min(means + ([floor / dim] if floor is not None else [])), max(means)
         ax.set_ylim(low - 0.6 * (high - low + 0.05), high + 0.3 * (high - low + 0.05))
         ax.set_title(f"{name} (D={dim})", fontsize=9)
     np.atleast_1d(axes)[0].set_ylabel("test NLL (nats per dimension)")
@@ -428,8 +429,8 @@ def _sweep_section(config: TabularConfig, results: dict[Job, dict[str, Any]]) ->
                    "these differences, so apart from concat-squash (clearly worse) the "
                    "alternatives are about equal to the default at this budget. The kinetic "
                    "regulariser and the clipping are in the defaults for the stability of "
-                   "longer runs (see the note beside `FitConfig` in `cnflow/density.py`), "
-                   "which a 60-s budget does not test."), "",
+                   "full-length runs, which a 60-s budget does not test: see the next "
+                   "section."), "",
               ("Built-in 2-D datasets keep the settings of `results/cnf.md` (learning rate "
               "1e-2 over 800 fresh batches, no regulariser)."), ""]
     return lines
