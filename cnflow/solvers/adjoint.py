@@ -86,11 +86,12 @@ class ReverseSolve:
     rtol: float
     atol: float
     options: dict | None
+    name: str = "adjoint_options"  # what messages call the options
     control: object = field(init=False)
     norm_kind: object = field(init=False)
 
     def __post_init__(self) -> None:
-        self.control, self.norm_kind = _check_options(self.options, self.tableau.adaptive)
+        self.control, self.norm_kind = _check_options(self.options, self.tableau, self.name)
         if self.norm_kind in ("per_sample", "per_sample_max"):
             raise ValueError(f"adjoint_options['norm']={self.norm_kind!r} is not supported; use "
                              "'rms', 'max', 'seminorm' or a callable")
@@ -125,7 +126,13 @@ class AdjointSolve(torch.autograd.Function):
             with torch.enable_grad():
                 y = z[:n].detach().requires_grad_(True)
                 f = func(t, y)
-                vjps = torch.autograd.grad(f, (y, *params), -z[n:2 * n], allow_unused=True)
+                if f.requires_grad:
+                    vjps = torch.autograd.grad(f, (y, *params), -z[n:2 * n],
+                                               allow_unused=True)
+                else:
+                    # A field that depends on neither y nor the parameters (a constant, a
+                    # function of t alone) has no graph: both adjoints have zero derivative.
+                    vjps = (None,) * (1 + len(params))
             return torch.cat([f.detach(), *_flat_grads(vjps, [y, *params])])
 
         def backwards_in_time(s: torch.Tensor, z: torch.Tensor) -> torch.Tensor:

@@ -8,7 +8,7 @@ a single case.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from itertools import pairwise
 from typing import Any
@@ -75,14 +75,72 @@ class Problem:
 
 # --- input checking ----------------------------------------------------------------------
 
-def _check_tolerance(name: str, value: Any) -> float:
+def _check_real(name: str, value: Any, what: str, ok: Callable[[float], bool]) -> float:
+    """``value`` (a Python number or one-element tensor) as a float for which ``ok`` holds.
+
+    ``what`` describes the allowed values for the message. NaN fails every comparison, so
+    every ``ok`` rejects it without saying so.
+    """
     if isinstance(value, torch.Tensor) and value.numel() == 1:
         value = value.item()
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a non-negative number, got {value!r}")
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"{name} must be a finite non-negative number, got {value!r}")
-    return float(value)
+        raise TypeError(f"{name} must be {what}, got {value!r}")
+    try:
+        number = float(value)
+    except OverflowError:  # an int beyond the float range
+        number = math.inf if value > 0 else -math.inf
+    if not ok(number):
+        raise ValueError(f"{name} must be {what}, got {value!r}")
+    return number
+
+
+def _check_tolerance(name: str, value: Any) -> float:
+    return _check_real(name, value, "a finite non-negative number",
+                       lambda v: 0 <= v < math.inf)
+
+
+# An rtol this far below the state dtype's machine epsilon is beyond anything its arithmetic
+# resolves. The margin is wide because rtol a little under epsilon works in practice: the
+# default rtol=1e-7 is just under float32's 1.2e-7, and ODE-Net's reference solves run
+# float32 at 1e-8.
+_RTOL_BELOW_EPS = 1e-3
+
+
+def _check_tolerances(rtol: Any, atol: Any, tableau: ButcherTableau, dtype: torch.dtype,
+                      names: tuple[str, str] = ("rtol", "atol")) -> tuple[float, float]:
+    """Check tolerances for a solve with ``tableau`` of a state of ``dtype``.
+
+    Fixed-step methods do not use them, so only their form is checked there; an adaptive
+    method also needs them to mean something in ``dtype``: a tolerance that rounds to zero or
+    infinity there would reject or accept every step.
+    """
+    rname, aname = names
+    rtol, atol = _check_tolerance(rname, rtol), _check_tolerance(aname, atol)
+    if not tableau.adaptive:
+        return rtol, atol
+    if dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"y0 has dtype {dtype}, whose machine epsilon "
+                        f"{torch.finfo(dtype).eps:.2g} is too coarse for method="
+                        f"{tableau.name!r} to measure its local error; solve in float32 "
+                        "(y0.float()) or use a fixed-step method (euler, midpoint, heun, rk4)")
+    if rtol == 0 and atol == 0:
+        raise ValueError(f"{rname} and {aname} cannot both be zero for an adaptive method")
+    info = torch.finfo(dtype)
+    if rtol > 1:
+        raise ValueError(f"{rname}={rtol!r} is above 1: a relative error over 100% of the state "
+                         "accepts every step; use a value in [0, 1]")
+    floor = info.eps * _RTOL_BELOW_EPS
+    if 0 < rtol < floor:
+        raise ValueError(f"{rname}={rtol!r} is far below what {dtype} resolves (machine "
+                         f"epsilon {info.eps:.3g}); use {rname} >= {floor:.2g}, or a float64 "
+                         "state" + ("" if dtype == torch.float64 else " (y0.double())"))
+    if 0 < atol < info.tiny:
+        raise ValueError(f"{aname}={atol!r} underflows {dtype} (smallest normal number "
+                         f"{info.tiny:.3g}); use {aname} >= {info.tiny:.3g}, or 0 for a purely "
+                         "relative tolerance")
+    if atol > info.max:
+        raise ValueError(f"{aname}={atol!r} overflows {dtype} (largest number {info.max:.3g})")
+    return rtol, atol
 
 
 def _check_times(t: Any) -> list[float]:
@@ -121,32 +179,58 @@ def _check_state(y0: Any) -> tuple[torch.Tensor, ...]:
     return tensors
 
 
-def _check_options(options: dict | None, adaptive: bool) -> tuple[StepControl, Any]:
-    options = dict(options or {})
-    unknown = sorted(set(options) - set(_OPTION_KEYS))
+# What each numeric option may be. safety above 1 aims past the step the error allows;
+# ifactor below 1 forbids steps to grow; dfactor must shrink a rejected step (at 1 the same
+# step would be retried until the budget runs out).
+_OPTION_RANGES: dict[str, tuple[str, Callable[[float], bool]]] = {
+    "step_size": ("a finite positive number", lambda v: 0 < v < math.inf),
+    "first_step": ("a finite positive number", lambda v: 0 < v < math.inf),
+    "min_step": ("a finite non-negative number", lambda v: 0 <= v < math.inf),
+    "max_step": ("a positive number (inf for no limit)", lambda v: v > 0),
+    "safety": ("a number in (0, 1]", lambda v: 0 < v <= 1),
+    "ifactor": ("a finite number >= 1", lambda v: 1 <= v < math.inf),
+    "dfactor": ("a number in (0, 1)", lambda v: 0 < v < 1),
+    "pi_beta": ("a finite non-negative number", lambda v: 0 <= v < math.inf),
+}
+
+
+def _check_options(options: Any, tableau: ButcherTableau, name: str = "options"
+                   ) -> tuple[StepControl, Any]:
+    """Validate solver options for ``tableau``; ``name`` is what messages call them."""
+    if options is not None and not isinstance(options, Mapping):
+        raise TypeError(f"{name} must be a dict or None, got {type(options).__name__}")
+    # None means "the default" for every key, as in torchdiffeq.
+    options = {k: v for k, v in (options or {}).items() if v is not None}
+    unknown = sorted(set(options) - set(_OPTION_KEYS), key=repr)
     if unknown:
-        raise ValueError(f"options has unknown key(s) {unknown}; known keys are "
+        raise ValueError(f"{name} has unknown key(s) {unknown}; known keys are "
                          f"{list(_OPTION_KEYS)}")
     norm = options.pop("norm", "rms")
-    for key in ("step_size", "first_step", "min_step", "max_step", "safety", "ifactor",
-                "dfactor", "pi_beta"):
-        if key in options and options[key] is not None:
-            options[key] = _check_tolerance(f"options['{key}']", options[key])
-    for key in ("step_size", "first_step", "max_step"):
-        if options.get(key) == 0.0:
-            raise ValueError(f"options['{key}'] must be positive, got 0")
+    for key, (what, ok) in _OPTION_RANGES.items():
+        if key in options:
+            options[key] = _check_real(f"{name}['{key}']", options[key], what, ok)
     steps = options.get("max_num_steps")
     if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int)
                               or steps < 1):
-        raise ValueError(f"options['max_num_steps'] must be a positive integer, got {steps!r}")
-    if not adaptive and "step_size" not in options:
-        options["step_size"] = None
-    if adaptive and options.get("step_size") is not None:
-        raise ValueError("options['step_size'] is for fixed-step methods (euler, midpoint, "
-                         "heun, rk4); adaptive methods take 'first_step', 'min_step', "
-                         "'max_step'")
-    if not callable(norm) and norm not in _NORMS:
-        raise ValueError(f"options['norm'] must be one of {list(_NORMS)} or a callable, "
+        raise ValueError(f"{name}['max_num_steps'] must be a positive integer, got {steps!r}")
+    if options.get("min_step", 0.0) > options.get("max_step", math.inf):
+        raise ValueError(f"{name}['min_step']={options['min_step']!r} exceeds "
+                         f"{name}['max_step']={options['max_step']!r}")
+    if tableau.adaptive:
+        if "step_size" in options:
+            raise ValueError(f"{name}['step_size'] is for fixed-step methods (euler, midpoint, "
+                             "heun, rk4); adaptive methods take 'first_step', 'min_step', "
+                             "'max_step'")
+        # The controller's exponent on the current error, 1/q - 0.75 pi_beta, must stay
+        # positive, or a larger error would give a larger next step.
+        beta_max = 4.0 / (3.0 * tableau.controller_order)
+        beta = options.get("pi_beta", StepControl.pi_beta)
+        if beta >= beta_max:
+            raise ValueError(f"{name}['pi_beta']={beta!r} is too large for {tableau.name} "
+                             f"(controller order {tableau.controller_order}): it must be below "
+                             f"{beta_max:.4g}")
+    if not callable(norm) and not (isinstance(norm, str) and norm in _NORMS):
+        raise ValueError(f"{name}['norm'] must be one of {list(_NORMS)} or a callable, "
                          f"got {norm!r}")
     return StepControl(**options), norm
 
@@ -181,13 +265,14 @@ def make_norm(kind: Any, shapes: Sequence[torch.Size], measured: int | None = No
                          f"leading batch dimension, got shapes {[tuple(s) for s in shapes]}")
     n = batch.pop()
     sizes = [math.prod(s) for s in shapes]
-    width = sum(sizes) // n
+    width = sum(sizes) // max(n, 1)  # an empty batch is never solved, but must not fail here
 
     combine = torch.max if kind == "per_sample_max" else torch.mean
 
     def per_sample(x: torch.Tensor) -> torch.Tensor:
         pieces = torch.split(x, sizes)
-        sq = sum(p.reshape(n, -1).pow(2).sum(1) for p in pieces)
+        # Explicit widths: reshape(n, -1) is ambiguous for a tensor of the tuple that is empty.
+        sq = sum(p.reshape(n, size // n).pow(2).sum(1) for p, size in zip(pieces, sizes))
         return combine((sq / width).sqrt())
 
     return per_sample
@@ -198,24 +283,28 @@ def make_norm(kind: Any, shapes: Sequence[torch.Size], measured: int | None = No
 def _canonical_func(func: Callable, shapes: list[torch.Size], is_tuple: bool, reverse: bool,
                     dtype: torch.dtype) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     sizes = [math.prod(s) for s in shapes]
-    checked = False
 
-    def check(out: Any) -> None:
-        nonlocal checked
+    def check(out: Any, t: torch.Tensor) -> None:
+        # Runs on every evaluation: a field whose output goes wrong later in the solve would
+        # otherwise be broadcast into the state silently. It compares shapes and dtypes only
+        # (no synchronisation); the time is read for the message alone.
         outs = out if is_tuple else (out,)
         if is_tuple and (not isinstance(out, tuple) or len(out) != len(shapes)):
             raise TypeError(f"func must return a tuple of {len(shapes)} tensors like y0, got "
-                            f"{type(out).__name__}")
+                            f"{type(out).__name__} at t={float(t):.8g}")
         for i, (o, s) in enumerate(zip(outs, shapes)):
+            if isinstance(o, torch.Tensor) and o.shape == s and o.dtype == dtype:
+                continue
             where = f"func(t, y)[{i}]" if is_tuple else "func(t, y)"
             if not isinstance(o, torch.Tensor):
-                raise TypeError(f"{where} must return a tensor, got {type(o).__name__}")
+                raise TypeError(f"{where} must return a tensor, got {type(o).__name__} at "
+                                f"t={float(t):.8g}")
             if o.shape != s:
                 raise ValueError(f"{where} has shape {tuple(o.shape)} but the state has shape "
-                                 f"{tuple(s)}; the vector field must match y0's shape")
-            if o.dtype != dtype:
-                raise TypeError(f"{where} has dtype {o.dtype} but y0 has dtype {dtype}")
-        checked = True
+                                 f"{tuple(s)}, at t={float(t):.8g}; the vector field must "
+                                 "match y0's shape")
+            raise TypeError(f"{where} has dtype {o.dtype} but y0 has dtype {dtype}, at "
+                            f"t={float(t):.8g}")
 
     def canonical(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if reverse:
@@ -224,8 +313,7 @@ def _canonical_func(func: Callable, shapes: list[torch.Size], is_tuple: bool, re
             out = func(t, tuple(p.view(s) for p, s in zip(torch.split(y, sizes), shapes)))
         else:
             out = func(t, y.view(shapes[0]))
-        if not checked:
-            check(out)
+        check(out, t)
         flat = torch.cat([o.reshape(-1) for o in out]) if is_tuple else out.reshape(-1)
         return -flat if reverse else flat
 
@@ -274,10 +362,13 @@ def solve(func: Callable, y0: State, t: torch.Tensor, *, rtol: float = 1e-7,
             ``"euler"``, ``"midpoint"``, ``"heun"``, ``"rk4"`` (fixed step).
         options: ``step_size`` (fixed-step methods; default: step from output time to
             output time), ``first_step``, ``min_step`` (steps this small are accepted
-            whatever their error), ``max_step``, ``max_num_steps`` (budget for the whole
-            solve, default 100000), ``safety``, ``ifactor``, ``dfactor``, ``pi_beta``
-            (PI controller; 0 gives integral control), ``norm`` (``"rms"``, ``"max"``,
-            ``"per_sample"``, ``"per_sample_max"`` or a callable; see :func:`make_norm`).
+            whatever their error), ``max_step`` (default ``inf``), ``max_num_steps``
+            (budget for the whole solve, default 100000; a fixed-step solve that would
+            need more fails before its first step), ``safety`` (in (0, 1]), ``ifactor``
+            (>= 1), ``dfactor`` (in (0, 1)), ``pi_beta`` (PI controller; 0 gives integral
+            control), ``norm`` (``"rms"``, ``"max"``, ``"per_sample"``,
+            ``"per_sample_max"`` or a callable; see :func:`make_norm`). ``None`` for any
+            of them means its default.
         gradient: ``"direct"`` backpropagates through the solver's operations;
             ``"adjoint"`` solves the adjoint ODE backwards in time, memory independent of
             the number of steps; ``"checkpoint"`` keeps the state at every accepted step
@@ -291,10 +382,14 @@ def solve(func: Callable, y0: State, t: torch.Tensor, *, rtol: float = 1e-7,
 
     Returns:
         An :class:`ODESolution`; ``solution.stats.backward`` is filled in during
-        ``backward()`` for the adjoint and checkpoint modes.
+        ``backward()`` for the adjoint and checkpoint modes. An empty state (no elements)
+        gives empty outputs without evaluating ``func``.
 
     Raises:
-        ValueError, TypeError: bad arguments (the message names the argument).
+        ValueError, TypeError: bad arguments (the message names the argument), among them
+            tolerances that the state's dtype cannot represent or resolve, and float16 or
+            bfloat16 states with an adaptive method; ``func``'s output is checked for
+            ``y0``'s shape and dtype at every evaluation.
         ODESolverError: the solve could not finish.
 
     Example:
@@ -309,19 +404,35 @@ def solve(func: Callable, y0: State, t: torch.Tensor, *, rtol: float = 1e-7,
     tensors = _check_state(y0)
     is_tuple = isinstance(y0, tuple)
     times = _check_times(t)
-    rtol = _check_tolerance("rtol", rtol)
-    atol = _check_tolerance("atol", atol)
+    dtype = tensors[0].dtype
     tableau = get_tableau("dopri5" if method is None else method)
-    if tableau.adaptive and rtol == 0 and atol == 0:
-        raise ValueError("rtol and atol cannot both be zero for an adaptive method")
-    control, norm_kind = _check_options(options, tableau.adaptive)
+    rtol, atol = _check_tolerances(rtol, atol, tableau, dtype)
+    control, norm_kind = _check_options(options, tableau)
     if norm_kind == "seminorm":
         raise ValueError("options['norm']='seminorm' is for the adjoint solve; pass it as "
                          "adjoint_options={'norm': 'seminorm'}")
 
+    from cnflow.solvers import adjoint  # the gradient modes build on this module
+
+    params: tuple[torch.Tensor, ...] = ()
+    if gradient != "direct":
+        params = _adjoint_params(func, adjoint_params)
+    if gradient == "adjoint":
+        reverse_tableau = get_tableau(adjoint_method or tableau.name)
+        reverse_rtol, reverse_atol = _check_tolerances(
+            rtol if adjoint_rtol is None else adjoint_rtol,
+            atol if adjoint_atol is None else adjoint_atol, reverse_tableau, dtype,
+            names=("rtol" if adjoint_rtol is None else "adjoint_rtol",
+                   "atol" if adjoint_atol is None else "adjoint_atol"))
+        reverse_problem = adjoint.ReverseSolve(
+            tableau=reverse_tableau, rtol=reverse_rtol, atol=reverse_atol,
+            # The forward's norm may not suit the augmented state; its steps options do.
+            options=adjoint_options if adjoint_options is not None else {
+                k: v for k, v in (options or {}).items() if k != "norm"},
+            name="options" if adjoint_options is None else "adjoint_options")
+
     shapes = [y.shape for y in tensors]
     reverse = len(times) > 1 and times[1] < times[0]
-    dtype = tensors[0].dtype
     problem = Problem(
         func=_canonical_func(func, shapes, is_tuple, reverse, dtype),
         times=[-x for x in times] if reverse else times,
@@ -330,29 +441,21 @@ def solve(func: Callable, y0: State, t: torch.Tensor, *, rtol: float = 1e-7,
         stats=SolveStats(forward=StepStats()),
     )
     flat0 = torch.cat([y.reshape(-1) for y in tensors]) if is_tuple else tensors[0].reshape(-1)
+    if flat0.numel() == 0:
+        # Nothing to integrate (an empty batch): every output is the empty initial state, and
+        # the vector field is not called.
+        ys = flat0.unsqueeze(0).repeat(len(times), 1)
+        return ODESolution(ys=_unflatten(ys, shapes, is_tuple), ts=t, stats=problem.stats)
     t_canonical = -t if reverse else t
-
-    from cnflow.solvers import adjoint  # the gradient modes build on this module
 
     if t.requires_grad:
         flat0 = adjoint.StartTimeGradient.apply(flat0, t_canonical, problem)
     if gradient == "direct":
         ys = torch.stack(problem.run(flat0))
+    elif gradient == "adjoint":
+        ys = adjoint.AdjointSolve.apply(flat0, problem, reverse_problem, *params)
     else:
-        params = _adjoint_params(func, adjoint_params)
-        if gradient == "adjoint":
-            reverse_problem = adjoint.ReverseSolve(
-                tableau=get_tableau(adjoint_method or tableau.name),
-                rtol=rtol if adjoint_rtol is None else _check_tolerance("adjoint_rtol",
-                                                                        adjoint_rtol),
-                atol=atol if adjoint_atol is None else _check_tolerance("adjoint_atol",
-                                                                        adjoint_atol),
-                # The forward's norm may not suit the augmented state; its steps options do.
-                options=adjoint_options if adjoint_options is not None else {
-                    k: v for k, v in (options or {}).items() if k != "norm"})
-            ys = adjoint.AdjointSolve.apply(flat0, problem, reverse_problem, *params)
-        else:
-            ys = adjoint.CheckpointSolve.apply(flat0, problem, *params)
+        ys = adjoint.CheckpointSolve.apply(flat0, problem, *params)
     if t.requires_grad:
         ys = adjoint.OutputTimeGradient.apply(ys, t_canonical, problem)
     return ODESolution(ys=_unflatten(ys, shapes, is_tuple), ts=t, stats=problem.stats)

@@ -150,6 +150,46 @@ def _fail(reason: str, t: float, h: float, hint: str) -> ODESolverError:
     return ODESolverError(f"{reason} at t={t:.8g} (step size h={h:.3g}). {hint}")
 
 
+class _FixedGrid:
+    """The step ends of a fixed-step solve, computed on demand instead of stored.
+
+    Without ``step_size`` the grid is the output times; with it, ``t0 + i * step_size`` up to
+    the end, whose last step may be shorter. The number of steps is known arithmetically, so
+    the budget is checked before anything is allocated or evaluated.
+    """
+
+    def __init__(self, times: list[float], step_size: float | None):
+        self.times, self.step_size = times, step_size
+        if step_size is None:
+            self.n_steps: int | float = len(times) - 1
+        else:
+            span = times[-1] - times[0]
+            ratio = span / step_size  # inf for a subnormal step over a long span
+            # The 1e-9 keeps a span that is a whole number of steps up to round-off from
+            # getting one extra, vanishing step.
+            self.n_steps = max(1, math.ceil(ratio - 1e-9)) if math.isfinite(ratio) else math.inf
+
+    def check_budget(self, max_num_steps: int, name: str) -> None:
+        if self.n_steps <= max_num_steps:
+            return
+        if self.step_size is None:
+            what = f"the {len(self.times)} output times imply {self.n_steps} steps"
+            fix = "Raise options['max_num_steps']."
+        else:
+            what = (f"options['step_size']={self.step_size:.6g} over a time span of "
+                    f"{self.times[-1] - self.times[0]:.8g} implies {self.n_steps:.6g} steps")
+            fix = "Use a larger options['step_size'] or raise options['max_num_steps']."
+        raise ODESolverError(f"{name}: {what}, more than max_num_steps={max_num_steps}. {fix}")
+
+    def point(self, i: int) -> float:
+        """The end of step ``i`` (1-based); the last is exactly the final output time."""
+        if self.step_size is None:
+            return self.times[i]
+        if i >= self.n_steps:
+            return self.times[-1]
+        return self.times[0] + i * self.step_size
+
+
 def integrate(func: Func, y0: torch.Tensor, times: list[float], tab: ButcherTableau,
               rtol: float, atol: float, control: StepControl, norm: Norm, stats: StepStats,
               record: StepRecord | None = None) -> list[torch.Tensor]:
@@ -172,6 +212,10 @@ def integrate(func: Func, y0: torch.Tensor, times: list[float], tab: ButcherTabl
     outputs = [y0]
     if len(times) == 1:
         return outputs
+    grid = None if tab.adaptive else _FixedGrid(times, control.step_size)
+    if grid is not None:
+        # Before the first evaluation: a tiny step size fails at once, not after hours.
+        grid.check_budget(control.max_num_steps, tab.name)
     t, y = times[0], y0
     t_end = times[-1]
     f0 = func(_time(t, y), y)
@@ -185,13 +229,7 @@ def integrate(func: Func, y0: torch.Tensor, times: list[float], tab: ButcherTabl
             with torch.no_grad():
                 h = _initial_step(func, tab, t, y, f0, rtol, atol, norm, stats)
         h = min(h, t_end - t, control.max_step)
-        grid = None
     else:
-        if control.step_size is None:
-            grid = list(times)
-        else:
-            n = max(1, math.ceil((t_end - t) / control.step_size - 1e-9))
-            grid = [t + i * control.step_size for i in range(n)] + [t_end]
         grid_index = 1
 
     q = tab.controller_order
@@ -203,13 +241,13 @@ def integrate(func: Func, y0: torch.Tensor, times: list[float], tab: ButcherTabl
         if n_steps >= control.max_num_steps:
             raise _fail(f"{tab.name} used its whole budget of max_num_steps="
                         f"{control.max_num_steps} steps before reaching t={t_end:.8g}", t,
-                        h if grid is None else grid[grid_index] - t,
+                        h if grid is None else grid.point(grid_index) - t,
                         "Increase options['max_num_steps'], loosen rtol/atol, or check "
                         "whether the problem is stiff (an explicit method then needs tiny "
                         "steps).")
         n_steps += 1
         if grid is not None:
-            t_new = grid[grid_index]
+            t_new = grid.point(grid_index)
             h = t_new - t
         else:
             h = min(max(h, control.min_step), control.max_step)
