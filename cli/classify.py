@@ -2,8 +2,9 @@
 
 A thin click wrapper over :mod:`cnflow.experiments.odenet`. Every input is checked, and the
 data are loaded, before anything is written, so a bad argument or a corrupt data directory
-leaves no output behind. The checkpoint is rewritten atomically after every epoch and the
-metrics file once at the end.
+leaves no output behind. The run folder is claimed through :func:`cnflow.runs.run_directory`
+(another run there is refused without --overwrite; a second process gets a clear error). The
+checkpoint is rewritten atomically after every epoch and the metrics file once at the end.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 
 import click
 import torch
+from cnflow.cli.flows import _POSITIVE, FiniteFloat
 
 from cnflow.data.mnist import (
     ClassificationData,
@@ -29,7 +31,15 @@ from cnflow.models.odenet import (
     build_classifier,
     count_parameters,
 )
-from cnflow.runs import environment, resolve_device, save_checkpoint, write_json
+from cnflow.runs import (
+    RunDirectoryError,
+    environment,
+    failure_message,
+    resolve_device,
+    run_directory,
+    save_checkpoint,
+    write_json,
+)
 
 DATA_CHOICES = ("offline", "digits", "idx")
 
@@ -48,7 +58,7 @@ def _load_data(data: str, data_dir: Path | None) -> ClassificationData:
         if data == "digits":
             return load_digits()
         return load_mnist_offline()
-    except (FileNotFoundError, ValueError) as exc:
+    except (OSError, ValueError) as exc:
         # IDXFormatError is a ValueError; both name the file and what is wrong with it.
         raise click.BadParameter(str(exc), param_hint="--data-dir" if data == "idx"
                                  else "--data") from exc
@@ -65,32 +75,36 @@ def _load_data(data: str, data_dir: Path | None) -> ClassificationData:
                    "t10k-images-idx3-ubyte[.gz], t10k-labels-idx1-ubyte[.gz].")
 @click.option("--epochs", type=click.IntRange(min=1), default=2, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-3,
+@click.option("--lr", type=_POSITIVE, default=1e-3,
               show_default=True, help="Adam learning rate (cosine decay to 0).")
 @click.option("--method", type=click.Choice(ADAPTIVE_METHODS + FIXED_STEP_METHODS),
               default="dopri5", show_default=True, help="ODE solver of ODE-Net / RK-Net.")
-@click.option("--rtol", type=click.FloatRange(min=0, min_open=True), default=1e-3,
+@click.option("--rtol", type=_POSITIVE, default=1e-3,
               show_default=True, help="Relative tolerance of adaptive methods.")
-@click.option("--atol", type=click.FloatRange(min=0, min_open=True), default=1e-3,
+@click.option("--atol", type=_POSITIVE, default=1e-3,
               show_default=True, help="Absolute tolerance of adaptive methods.")
-@click.option("--step-size", type=click.FloatRange(min=0, max=1, min_open=True), default=None,
+@click.option("--step-size", type=FiniteFloat(min=0, max=1, min_open=True), default=None,
               help="Step of fixed-step methods (required for them).")
 @click.option("--gradient", type=click.Choice(GRADIENT_MODES), default="adjoint",
               show_default=True, help="Gradient mode of ODE-Net (RK-Net is always direct).")
 @click.option("--seminorm/--no-seminorm", default=False, show_default=True,
               help="Use the seminorm in ODE-Net's adjoint step-size control.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(0, 2**64 - 1), default=0, show_default=True,
+              help="Seed of the initialisation and the batch order.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="torch.set_num_threads for the run (default: torch's choice).")
-@click.option("--output-dir", type=click.Path(path_type=Path, file_okay=False), default=None,
+@click.option("--output-dir", "--out", "output_dir",
+              type=click.Path(path_type=Path, file_okay=False), default=None,
               help="Run directory [default: results/runs/classify-MODEL].")
+@click.option("--overwrite", is_flag=True,
+              help="Replace another run in the run directory (refused without this).")
 @click.option("--progress/--no-progress", default=None,
               help="Progress bar [default: only when stderr is a terminal].")
 def classify(model_name: str, data: str, data_dir: Path | None, epochs: int, batch_size: int,
              lr: float, method: str, rtol: float, atol: float, step_size: float | None,
              gradient: str, seminorm: bool, seed: int, device: str, threads: int | None,
-             output_dir: Path | None, progress: bool | None) -> None:
+             output_dir: Path | None, overwrite: bool, progress: bool | None) -> None:
     """Train and evaluate an MNIST classifier: mlp, resnet, rknet or odenet (paper Sec. 3).
 
     Writes OUTPUT_DIR/checkpoint.pt (after every epoch, atomically) and
@@ -130,9 +144,6 @@ def classify(model_name: str, data: str, data_dir: Path | None, epochs: int, bat
         raise click.UsageError(str(exc)) from exc
 
     out = Path(output_dir) if output_dir is not None else Path("results") / "runs" / f"classify-{model_name}"
-    if out.exists() and not out.is_dir():
-        raise click.BadParameter(f"{str(out)!r} exists and is not a folder",
-                                 param_hint="--output-dir")
     if progress is None:
         progress = sys.stderr.isatty()
     n_params = count_parameters(model)
@@ -151,28 +162,32 @@ def classify(model_name: str, data: str, data_dir: Path | None, epochs: int, bat
                        f"{summary['time_s']:.1f} s")
 
     try:
-        result = train_classifier(model, dataset, epochs=epochs, batch_size=batch_size, lr=lr,
-                                  seed=seed, device=torch_device, progress=progress,
-                                  description=model_name, on_epoch=on_epoch)
+        with run_directory(out, overwrite=overwrite, resumable=False, keep_lock=False):
+            result = train_classifier(model, dataset, epochs=epochs, batch_size=batch_size,
+                                      lr=lr, seed=seed, device=torch_device, progress=progress,
+                                      description=model_name, on_epoch=on_epoch)
+            last = result["epochs"][-1]
+            metrics = {
+                "model": model_name, "config": config, "settings": settings,
+                "data": dataset.describe(), "data_name": dataset.name,
+                "parameters": n_params, "device": str(torch_device),
+                "test_error": last["test_error"], "test_loss": last["test_loss"],
+                "time_per_epoch_s": sum(e["time_s"] for e in result["epochs"]) / epochs,
+                "peak_training_bytes": result["peak_training_bytes"],
+                "peak_saved_bytes": result["peak_saved_bytes"],
+                "state_bytes": result["state_bytes"],
+                "epochs": result["epochs"], "batches": result["batches"],
+                "environment": environment(),
+            }
+            if "cuda_max_memory_allocated" in result:
+                metrics["cuda_max_memory_allocated"] = result["cuda_max_memory_allocated"]
+            write_json(metrics, out / "metrics.json")
+    except (RunDirectoryError, OSError) as exc:
+        raise click.ClickException(failure_message(exc)) from None
     except (ValueError, RuntimeError) as exc:
         # RuntimeError covers cnflow.ODESolverError (NaN/inf, step-size underflow); the
         # checkpoint of the last finished epoch, if any, is intact.
-        raise click.ClickException(f"training failed: {exc}") from exc
-    last = result["epochs"][-1]
-    metrics = {
-        "model": model_name, "config": config, "settings": settings,
-        "data": dataset.describe(), "data_name": dataset.name,
-        "parameters": n_params, "device": str(torch_device),
-        "test_error": last["test_error"], "test_loss": last["test_loss"],
-        "time_per_epoch_s": sum(e["time_s"] for e in result["epochs"]) / epochs,
-        "peak_training_bytes": result["peak_training_bytes"],
-        "peak_saved_bytes": result["peak_saved_bytes"], "state_bytes": result["state_bytes"],
-        "epochs": result["epochs"], "batches": result["batches"],
-        "environment": environment(),
-    }
-    if "cuda_max_memory_allocated" in result:
-        metrics["cuda_max_memory_allocated"] = result["cuda_max_memory_allocated"]
-    write_json(metrics, out / "metrics.json")
+        raise click.ClickException(f"training failed: {exc}") from None
     click.echo(f"test error {100 * last['test_error']:.2f}% on {dataset.name}; "
                f"peak training memory {result['peak_training_bytes'] / 2**20:.1f} MiB; "
                f"wrote {out / 'checkpoint.pt'} and {out / 'metrics.json'}")

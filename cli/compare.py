@@ -5,6 +5,9 @@
 * ``cnflow compare report``: both results merged into one markdown document.
 
 ``--quick`` shrinks every setting not given explicitly, so a run takes seconds (tests).
+Every setting is checked before anything is written; each comparison locks its output
+folder while it runs and refuses to replace its own earlier results there without
+``--overwrite`` (the other comparison's results in the folder are kept).
 """
 
 from __future__ import annotations
@@ -13,6 +16,11 @@ import shlex
 from pathlib import Path
 
 import click
+from cnflow.cli.flows import _NON_NEGATIVE, _POSITIVE
+
+from cnflow.experiments.compare import DENSITY_MAX_SEED, MLE_MAX_SEED
+from cnflow.runs import failure_message
+from cnflow.solvers import ODESolverError
 
 DEFAULT_OUT = "results/runs/comparisons"
 
@@ -46,7 +54,7 @@ def _names(known_fn):
     return callback
 
 
-def _ints(minimum: int):
+def _ints(minimum: int, maximum: int | None = None):
     def callback(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, ...]:
         out = []
         for item in _split(value, param):
@@ -58,6 +66,9 @@ def _ints(minimum: int):
             if number < minimum:
                 raise click.BadParameter(f"{number} is not allowed: every entry must be "
                                          f">= {minimum}", ctx=ctx, param=param)
+            if maximum is not None and number > maximum:
+                raise click.BadParameter(f"{number} is not allowed: every entry must be "
+                                         f"<= {maximum}", ctx=ctx, param=param)
             out.append(number)
         return tuple(out)
 
@@ -96,13 +107,20 @@ def _common(func):
                         show_default=True, help="Output folder (created).")(func)
     func = click.option("--progress/--no-progress", default=None,
                         help="Progress bar (default: only on a terminal).")(func)
+    func = click.option("--overwrite", is_flag=True,
+                        help="Replace this comparison's earlier results in --out (refused "
+                             "without this).")(func)
     func = click.option("--quick", is_flag=True,
                         help="Tiny settings (seconds), for tests; explicit options win.")(func)
     return func
 
 
 def _fail(error: Exception) -> click.ClickException:
-    return click.ClickException(str(error))
+    return click.ClickException(failure_message(error))
+
+
+# What a comparison raises for bad settings, a held --out, a failed solve or an unwritable --out.
+_FAILURES = (ValueError, ODESolverError, OSError)
 
 
 def _command_line(subcommand: str, settings: dict, names: tuple[str, ...]) -> list[str]:
@@ -127,20 +145,21 @@ def compare() -> None:
               help="Comma-separated planar-flow depths K.")
 @click.option("--cnf-widths", default="2,8,32", show_default=True, callback=_ints(1),
               help="Comma-separated CNF widths M.")
-@click.option("--seeds", default="0,1", show_default=True, callback=_ints(0),
+@click.option("--seeds", default="0,1", show_default=True,
+              callback=_ints(0, DENSITY_MAX_SEED),
               help="Comma-separated seeds; one fit per seed and model.")
 @click.option("--nf-iterations", type=click.IntRange(min=1), default=1000, show_default=True)
 @click.option("--cnf-iterations", type=click.IntRange(min=1), default=200, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
-@click.option("--nf-lr", type=click.FloatRange(min=0, min_open=True), default=3e-3,
+@click.option("--nf-lr", type=_POSITIVE, default=3e-3,
               show_default=True)
-@click.option("--cnf-lr", type=click.FloatRange(min=0, min_open=True), default=1e-2,
+@click.option("--cnf-lr", type=_POSITIVE, default=1e-2,
               show_default=True)
 @click.option("--eval-samples", type=click.IntRange(min=2), default=10000, show_default=True,
               help="Samples of q per KL estimate.")
 @click.option("--grid", type=click.IntRange(min=2), default=80, show_default=True,
               help="Grid points per axis of the density figure.")
-@click.option("--box-wall", type=click.FloatRange(min=0), default=100.0, show_default=True,
+@click.option("--box-wall", type=_NON_NEGATIVE, default=100.0, show_default=True,
               help="Strength of the soft wall at the box [-4, 4]² added to U while "
                    "training (0: none).")
 @click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,
@@ -163,8 +182,8 @@ def density_matching(ctx: click.Context, **params) -> None:
     try:
         config = DensityMatchingConfig(**{n: settings[n] for n in names})
         result = run(config, settings["out"], shlex.join(command), settings["progress"],
-                     jobs=settings["jobs"])
-    except ValueError as error:
+                     jobs=settings["jobs"], overwrite=settings["overwrite"])
+    except _FAILURES as error:
         raise _fail(error) from None
     click.echo(f"wrote {Path(settings['out']) / 'density_matching.md'} "
                f"({result['cpu_seconds'] / 60:.1f} CPU-min)")
@@ -177,13 +196,13 @@ def density_matching(ctx: click.Context, **params) -> None:
               help="Planar layers of the NF.")
 @click.option("--cnf-width", type=click.IntRange(min=1), default=64, show_default=True,
               help="Hidden units M of the CNF.")
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(0, MLE_MAX_SEED), default=0, show_default=True)
 @click.option("--nf-iterations", type=click.IntRange(min=1), default=1500, show_default=True)
 @click.option("--cnf-iterations", type=click.IntRange(min=1), default=500, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=512, show_default=True)
-@click.option("--nf-lr", type=click.FloatRange(min=0, min_open=True), default=5e-3,
+@click.option("--nf-lr", type=_POSITIVE, default=5e-3,
               show_default=True)
-@click.option("--cnf-lr", type=click.FloatRange(min=0, min_open=True), default=1e-2,
+@click.option("--cnf-lr", type=_POSITIVE, default=1e-2,
               show_default=True)
 @click.option("--test-size", type=click.IntRange(min=2), default=20000, show_default=True)
 @click.option("--grid", type=click.IntRange(min=2), default=120, show_default=True)
@@ -205,8 +224,8 @@ def mle(ctx: click.Context, **params) -> None:
     try:
         config = MLEConfig(**{n: settings[n] for n in names})
         result = maximum_likelihood(config, settings["out"], shlex.join(command),
-                                    settings["progress"])
-    except ValueError as error:
+                                    settings["progress"], overwrite=settings["overwrite"])
+    except _FAILURES as error:
         raise _fail(error) from None
     click.echo(f"wrote {Path(settings['out']) / 'mle.md'} "
                f"({result['cpu_seconds'] / 60:.1f} CPU-min)")
@@ -223,6 +242,6 @@ def report(out: str, md: str) -> None:
 
     try:
         write_report(out, md)
-    except (FileNotFoundError, ValueError, KeyError) as error:
+    except (OSError, ValueError) as error:
         raise _fail(error) from None
     click.echo(f"wrote {md}")

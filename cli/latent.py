@@ -1,4 +1,9 @@
-"""`cnflow latent`: train and evaluate the latent ODE and the RNN baseline on the spirals."""
+"""`cnflow latent`: train and evaluate the latent ODE and the RNN baseline on the spirals.
+
+Every setting is checked before anything is written; the output folder is claimed through
+:func:`cnflow.runs.run_directory` (another run there is refused without --overwrite, a second
+process writing there gets a clear error), and every file in it is written atomically.
+"""
 
 from __future__ import annotations
 
@@ -7,13 +12,14 @@ from pathlib import Path
 
 import click
 import torch
+from cnflow.cli.flows import _POSITIVE
+
+from cnflow.experiments.latent_ode import MAX_SEED, WINDOW
 
 MODEL_CHOICES = ("latent-ode", "rnn", "both")
 
 
 def _check_n_obs(ctx: click.Context, param: click.Parameter, value: tuple[int, ...]):
-    from cnflow.experiments.latent_ode import WINDOW
-
     for n in value:
         if n < 1:
             raise click.BadParameter(
@@ -59,16 +65,16 @@ def _command_line(params: dict) -> str:
 @click.option("--rnn-iterations", type=click.IntRange(min=1), default=2500, show_default=True,
               help="Training steps of the RNN.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=200, show_default=True)
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-2,
+@click.option("--lr", type=_POSITIVE, default=1e-2,
               show_default=True, help="Initial Adam learning rate.")
-@click.option("--final-lr-factor", type=click.FloatRange(min=0, min_open=True), default=0.1,
+@click.option("--final-lr-factor", type=_POSITIVE, default=0.1,
               show_default=True, help="Last learning rate relative to the first.")
 @click.option("--time-subsample", type=click.IntRange(min=0), default=30, show_default=True,
               help="Random grid times per step for the latent ODE's ELBO estimate (0: all; at "
                    "most 198, or 98 with --window-only).")
-@click.option("--rtol", type=click.FloatRange(min=0, min_open=True), default=1e-3,
+@click.option("--rtol", type=_POSITIVE, default=1e-3,
               show_default=True)
-@click.option("--atol", type=click.FloatRange(min=0, min_open=True), default=1e-4,
+@click.option("--atol", type=_POSITIVE, default=1e-4,
               show_default=True)
 @click.option("--gradient", type=click.Choice(("adjoint", "direct", "checkpoint")),
               default="adjoint", show_default=True, help="How the latent ODE is differentiated.")
@@ -79,7 +85,7 @@ def _command_line(params: dict) -> str:
                    "window alone (then every extrapolated time is unseen in training).")
 @click.option("--eval-every", type=click.IntRange(min=0), default=100, show_default=True,
               help="Record the test extrapolation RMSE every this many steps (0: never).")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(0, MAX_SEED), default=0, show_default=True)
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
               help="torch CPU threads.")
 @click.option("--device", default="cpu", show_default=True, help="auto, cpu, cuda or cuda:N.")
@@ -89,20 +95,20 @@ def _command_line(params: dict) -> str:
 @click.option("--md", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the markdown report here (e.g. results/latent_ode.md).")
 @click.option("--figures/--no-figures", default=True, show_default=True)
+@click.option("--overwrite", is_flag=True,
+              help="Replace another run in --out (refused without this).")
 @click.pass_context
 def latent(ctx: click.Context, **params) -> None:
     """Latent ODE vs RNN on irregularly sampled spirals (paper Section 5, Table 2)."""
     from cnflow.experiments.latent_ode import MODELS, LatentConfig, run_experiment
-    from cnflow.runs import resolve_device
+    from cnflow.runs import RunDirectoryError, failure_message, resolve_device
+    from cnflow.solvers import ODESolverError
 
     models = MODELS if params["model"] == "both" else (params["model"],)
     try:
         resolve_device(params["device"])
     except ValueError as error:
         raise click.BadParameter(str(error), ctx=ctx, param_hint="'--device'") from error
-    if params["out"].exists() and not params["out"].is_dir():
-        raise click.BadParameter(f"{params['out']} exists and is not a folder",
-                                 param_hint="'--out'")
     config = LatentConfig(
         iterations=params["iterations"],
         rnn_iterations=params["rnn_iterations"],
@@ -125,15 +131,19 @@ def latent(ctx: click.Context, **params) -> None:
         raise click.UsageError(str(error), ctx=ctx) from error
     # Timings in the report are per thread count; one thread by default so they are comparable.
     torch.set_num_threads(params["threads"])
-    summary = run_experiment(
-        config,
-        models,
-        params["n_obs"],
-        params["out"],
-        md_path=params["md"],
-        command=_command_line(params),
-        figures=params["figures"],
-    )
+    try:
+        summary = run_experiment(
+            config,
+            models,
+            params["n_obs"],
+            params["out"],
+            md_path=params["md"],
+            command=_command_line(params),
+            figures=params["figures"],
+            overwrite=params["overwrite"],
+        )
+    except (RunDirectoryError, ODESolverError, OSError) as error:
+        raise click.ClickException(failure_message(error)) from None
     for key, run in summary["runs"].items():
         click.echo(f"{key}: extrapolation RMSE {run['rmse_extrapolation']:.4f} "
                    f"({run['train_seconds']:.0f} s)")

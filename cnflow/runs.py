@@ -11,8 +11,8 @@ import math
 import os
 import platform
 import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -102,14 +102,22 @@ class RunDirectoryError(ValueError):
 
 @contextmanager
 def run_directory(path: str | os.PathLike, *, resuming: bool = False,
-                  overwrite: bool = False) -> Iterator[Path]:
+                  overwrite: bool = False, files: Sequence[str] = RUN_FILES,
+                  clear: Sequence[str] = ("*.png",), resumable: bool = True,
+                  keep_lock: bool = True) -> Iterator[Path]:
     """Claim a run folder for one run: create it, refuse it if it holds another run, and hold
     an exclusive lock on it while the run writes.
 
     Args:
         path: the run folder.
         resuming: the run continues the one in this folder (its files are kept).
-        overwrite: clear another run's files (``RUN_FILES`` and figures) first.
+        overwrite: clear another run's files (``files`` and ``clear``) first.
+        files: the names whose presence marks a run in the folder.
+        clear: glob patterns (relative to the folder) of the other files of a run, which
+            ``overwrite`` removes as well; the default is the figures.
+        resumable: the command can continue a run, so a refusal suggests ``--resume``.
+        keep_lock: leave the (unlocked) lock file ``.lock`` in the folder afterwards; with
+            False it is removed, so the folder holds only the run's own files.
 
     Raises:
         RunDirectoryError: the folder holds another run (and neither ``resuming`` nor
@@ -118,29 +126,71 @@ def run_directory(path: str | os.PathLike, *, resuming: bool = False,
     folder = Path(path)
     if folder.exists() and not folder.is_dir():
         raise RunDirectoryError(f"run folder {str(folder)!r} is a file")
-    if not resuming and folder.is_dir():
-        held = [name for name in RUN_FILES if (folder / name).exists()]
-        if held and not overwrite:
+
+    def refuse_another_run() -> None:
+        if resuming or overwrite or not folder.is_dir():
+            return
+        held = [name for name in files if (folder / name).exists()]
+        if held:
+            advice = ("--out, continue it with --resume, or replace it with --overwrite"
+                      if resumable else "--out or replace it with --overwrite")
             raise RunDirectoryError(
                 f"{str(folder)!r} already holds a run ({', '.join(held)}); choose another "
-                "--out, continue it with --resume, or replace it with --overwrite")
+                + advice)
+
+    refuse_another_run()  # before anything is created
     folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / ".lock", "w") as lock:
-        try:
-            import fcntl
-        except ImportError:  # not POSIX: no lock, the other checks still hold
-            fcntl = None
-        if fcntl is not None:
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise RunDirectoryError(f"another process is writing a run into "
-                                        f"{str(folder)!r}; wait for it or choose another "
-                                        "--out") from None
+    with _locked(folder / ".lock", remove=not keep_lock):
+        # Again under the lock: a run that started at the same moment may have finished
+        # into this folder while this one waited to create it.
+        refuse_another_run()
         if not resuming and overwrite:
-            for file in [*(folder / name for name in RUN_FILES), *folder.glob("*.png")]:
+            for file in [*(folder / name for name in files),
+                         *(file for pattern in clear for file in folder.glob(pattern))]:
                 file.unlink(missing_ok=True)
         yield folder
+
+
+@contextmanager
+def _locked(path: Path, remove: bool) -> Iterator[None]:
+    """Hold an exclusive lock on the file ``path`` (created) for the block; ``remove``
+    deletes the file at the end, while still locked."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock, the other checks still hold
+        fcntl = None
+    while True:
+        with open(path, "w") as lock:
+            if fcntl is not None:
+                try:
+                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    raise RunDirectoryError(f"another process is writing a run into "
+                                            f"{str(path.parent)!r}; wait for it or choose "
+                                            "another --out") from None
+                try:
+                    current = os.stat(path).st_ino == os.fstat(lock.fileno()).st_ino
+                except FileNotFoundError:
+                    current = False
+                if not current:  # its run removed the file before letting go: lock anew
+                    continue
+            try:
+                yield
+            finally:
+                if remove:
+                    with suppress(OSError):
+                        path.unlink()
+            return
+
+
+def failure_message(error: BaseException) -> str:
+    """One line for the user about a run that failed: which file an OSError is about."""
+    if isinstance(error, OSError) and error.filename is not None:
+        reason = error.strerror or str(error)
+        if isinstance(error, FileExistsError) and not os.path.isdir(error.filename):
+            reason = "it is a file, not a folder"  # a folder for the output was to go there
+        return f"cannot write {str(error.filename)!r}: {reason}"
+    return str(error)
 
 
 def environment() -> dict[str, str]:

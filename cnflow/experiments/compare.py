@@ -38,12 +38,19 @@ import toydata
 from cnflow.flows.base import Flow
 from cnflow.flows.cnf import CNF, GatedHyperDynamics
 from cnflow.flows.planar import PlanarFlow
-from cnflow.runs import environment, write_json, write_text
+from cnflow.runs import environment, run_directory, write_json, write_text
 
 # Disjoint seed ranges: training batches, evaluation samples and test sets never overlap.
 _EVAL_SEED = 10**6
 _TEST_SEED = 3 * 10**6
 _NORMALIZATION_SEED = 4 * 10**6
+#: Largest density-matching seed: evaluation samples use the 64-bit torch seed
+#: ``_EVAL_SEED + seed``.
+DENSITY_MAX_SEED = 2**64 - 1 - _EVAL_SEED
+#: Largest maximum-likelihood seed: step ``i``'s batch is drawn with the seed
+#: ``seed * 10**7 + i``, which sklearn's data sets need below 2**32 (for fewer than 10**7
+#: steps).
+MLE_MAX_SEED = (2**32 - 1) // 10**7 - 1
 
 
 def _check_names(name: str, values: Sequence[str], known: Sequence[str]) -> tuple[str, ...]:
@@ -58,13 +65,16 @@ def _check_names(name: str, values: Sequence[str], known: Sequence[str]) -> tupl
     return values
 
 
-def _check_ints(name: str, values: Sequence[int], minimum: int) -> tuple[int, ...]:
+def _check_ints(name: str, values: Sequence[int], minimum: int,
+                maximum: int | None = None) -> tuple[int, ...]:
     values = tuple(values)
     if not values:
         raise ValueError(f"{name} must not be empty")
     for v in values:
         if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
             raise ValueError(f"{name} entries must be integers >= {minimum}, got {v!r}")
+        if maximum is not None and v > maximum:
+            raise ValueError(f"{name} entries must be at most {maximum}, got {v!r}")
     if len(set(values)) != len(values):
         raise ValueError(f"{name} has repeated entries: {list(values)}")
     return values
@@ -122,7 +132,7 @@ class DensityMatchingConfig:
         self.targets = _check_names("targets", self.targets, toydata.energy.names())
         self.nf_layers = _check_ints("nf_layers", self.nf_layers, 1)
         self.cnf_widths = _check_ints("cnf_widths", self.cnf_widths, 1)
-        self.seeds = _check_ints("seeds", self.seeds, 0)
+        self.seeds = _check_ints("seeds", self.seeds, 0, DENSITY_MAX_SEED)
         for name in ("nf_iterations", "cnf_iterations", "batch_size", "hidden",
                      "eval_samples", "grid"):
             _check_positive(name, getattr(self, name))
@@ -177,13 +187,31 @@ class MLEConfig:
         for name in ("nf_layers", "cnf_width", "nf_iterations", "cnf_iterations",
                      "batch_size", "hidden", "test_size", "grid", "figure_samples"):
             _check_positive(name, getattr(self, name))
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise ValueError(f"seed must be an integer >= 0, got {self.seed!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or \
+                not 0 <= self.seed <= MLE_MAX_SEED:
+            raise ValueError(f"seed must be an integer in [0, {MLE_MAX_SEED}], "
+                             f"got {self.seed!r}")
         for name in ("nf_lr", "cnf_lr", "rtol", "atol", "eval_tol"):
             _check_positive(name, getattr(self, name), float)
 
 
 # -- shared pieces --------------------------------------------------------------------------
+
+
+#: What each comparison writes into its output folder; the JSON, written last, marks a
+#: finished run.
+_OUTPUTS = {"density_matching": ("density_matching.json", "density_matching.md",
+                                 "density_matching.png"),
+            "mle": ("mle.json", "mle.md", "mle.png", "mle_snapshots.png")}
+
+
+def _claim(out_dir: str | Path, experiment: str, overwrite: bool):
+    """:func:`cnflow.runs.run_directory` for one comparison: lock ``out_dir`` while it runs
+    and refuse it if it holds that comparison's results, unless ``overwrite`` (which removes
+    them first). The other comparison's results in the same folder are left alone."""
+    marker, *others = _OUTPUTS[experiment]
+    return run_directory(out_dir, overwrite=overwrite, files=(marker,), clear=others,
+                         resumable=False, keep_lock=False)
 
 
 def _optimizer(flow: Flow, lr: float, iterations: int):
@@ -340,7 +368,8 @@ def _density_task(config: DensityMatchingConfig, name: str, kind: str, size: int
 
 
 def density_matching(config: DensityMatchingConfig, out_dir: str | Path, command: str,
-                     progress: bool | None = None, jobs: int = 1) -> dict[str, Any]:
+                     progress: bool | None = None, jobs: int = 1,
+                     overwrite: bool = False) -> dict[str, Any]:
     """Fit NFs and CNFs to U1–U4 by reverse KL; write the table, figure and JSON.
 
     Args:
@@ -351,13 +380,20 @@ def density_matching(config: DensityMatchingConfig, out_dir: str | Path, command
         jobs: worker processes, each with one torch thread; the fits are independent
             and seeded, so the numbers do not depend on ``jobs``. With ``jobs > 1`` the
             bar advances when a fit finishes.
+        overwrite: replace the density-matching results already in ``out_dir`` (refused
+            otherwise); maximum-likelihood results there are kept either way.
 
     Returns:
         The dictionary written to ``density_matching.json``.
     """
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise ValueError(f"jobs must be a positive integer, got {jobs!r}")
-    out = Path(out_dir)
+    with _claim(out_dir, "density_matching", overwrite) as out:
+        return _density_matching(config, out, command, progress, jobs)
+
+
+def _density_matching(config: DensityMatchingConfig, out: Path, command: str,
+                      progress: bool | None, jobs: int) -> dict[str, Any]:
     clock = _Clock()
     models = [("NF", k) for k in config.nf_layers] + [("CNF", m) for m in config.cnf_widths]
     tasks = [(name, kind, size, seed, seed == config.seeds[0])
@@ -419,11 +455,10 @@ def density_matching(config: DensityMatchingConfig, out_dir: str | Path, command
               "log_normalizers": {n: toydata.energy.get(n).log_normalizer()
                                   for n in config.targets},
               **clock.read(), "environment": environment()}
-    out.mkdir(parents=True, exist_ok=True)
     _density_matching_figure(grids, config, models, summary, out / "density_matching.png")
     result["figure"] = "density_matching.png"
-    write_json(result, out / "density_matching.json")
     write_text(density_matching_markdown(result), out / "density_matching.md")
+    write_json(result, out / "density_matching.json")  # last: it marks a finished run
     return result
 
 
@@ -526,7 +561,8 @@ def _mle_models(config: MLEConfig, dataset: str) -> dict[str, Flow]:
 
 
 def maximum_likelihood(config: MLEConfig, out_dir: str | Path, command: str,
-                       progress: bool | None = None) -> dict[str, Any]:
+                       progress: bool | None = None, overwrite: bool = False
+                       ) -> dict[str, Any]:
     """Train a planar NF and a CNF by maximum likelihood on each data set; compare.
 
     Args:
@@ -534,13 +570,20 @@ def maximum_likelihood(config: MLEConfig, out_dir: str | Path, command: str,
         out_dir: receives ``mle.{json,md,png}`` and ``mle_snapshots.png``.
         command: the exact command line that reproduces this run (recorded).
         progress: show a progress bar; ``None`` shows it only on a terminal.
+        overwrite: replace the maximum-likelihood results already in ``out_dir`` (refused
+            otherwise); density-matching results there are kept either way.
 
     Returns:
         The dictionary written to ``mle.json``.
     """
+    with _claim(out_dir, "mle", overwrite) as out:
+        return _maximum_likelihood(config, out, command, progress)
+
+
+def _maximum_likelihood(config: MLEConfig, out: Path, command: str,
+                        progress: bool | None) -> dict[str, Any]:
     from cnflow.training import evaluate
 
-    out = Path(out_dir)
     clock = _Clock()
     total = len(config.datasets) * (config.nf_iterations + config.cnf_iterations)
     runs, trained = [], {}
@@ -579,12 +622,11 @@ def maximum_likelihood(config: MLEConfig, out_dir: str | Path, command: str,
     result = {"experiment": "mle", "command": command, "config": asdict(config),
               "runs": runs, "test_seed": _TEST_SEED + config.seed,
               **clock.read(), "environment": environment()}
-    out.mkdir(parents=True, exist_ok=True)
     _mle_figure(trained, config, out / "mle.png")
     _snapshot_figure(trained, config, out / "mle_snapshots.png")
     result["figures"] = ["mle.png", "mle_snapshots.png"]
-    write_json(result, out / "mle.json")
     write_text(mle_markdown(result), out / "mle.md")
+    write_json(result, out / "mle.json")  # last: it marks a finished run
     return result
 
 
@@ -702,6 +744,7 @@ def write_report(out_dir: str | Path, md_path: str | Path) -> str:
 
     Raises:
         FileNotFoundError: if neither result exists in ``out_dir``.
+        ValueError: a result file is not valid JSON or lacks what the report shows.
     """
     out = Path(out_dir)
     md_path = Path(md_path)
@@ -717,13 +760,19 @@ def write_report(out_dir: str | Path, md_path: str | Path) -> str:
         if not file.exists():
             continue
         found = True
-        result = json.loads(file.read_text())
         render = density_matching_markdown if stem == "density_matching" else mle_markdown
-        env = result.get("environment", {})
-        parts += [f"## {title}", "", "Command:", "", "```", result["command"], "```", "",
-                  render(result), *[f"![{f}]({(rel / f).as_posix()})" for f in figures],
-                  "", (f"Environment: torch {env.get('torch', '?')}, python "
-                  f"{env.get('python', '?')}."), ""]
+        try:
+            result = _null_as_nan(json.loads(file.read_text()))
+            env = result.get("environment", {})
+            parts += [f"## {title}", "", "Command:", "", "```", result["command"], "```", "",
+                      render(result), *[f"![{f}]({(rel / f).as_posix()})" for f in figures],
+                      "", (f"Environment: torch {env.get('torch', '?')}, python "
+                      f"{env.get('python', '?')}."), ""]
+        except (json.JSONDecodeError, KeyError) as error:
+            problem = f"it has no {error}" if isinstance(error, KeyError) else \
+                f"it is not JSON ({error})"
+            raise ValueError(f"{str(file)!r} is not a result of `cnflow compare "
+                             f"{stem.replace('_', '-')}`: {problem}") from None
     parts += ["## Caveats", "",
               ("- Budget: the paper's fits ran orders of magnitude more steps (see its "
               "appendix) than the step counts above, which keep each full command within "
@@ -748,6 +797,17 @@ def write_report(out_dir: str | Path, md_path: str | Path) -> str:
     text = "\n".join(parts)
     write_text(text, md_path)
     return text
+
+
+def _null_as_nan(obj: Any) -> Any:
+    """A result read back from its strict JSON, where a non-finite number became null."""
+    if obj is None:
+        return float("nan")
+    if isinstance(obj, dict):
+        return {k: _null_as_nan(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_null_as_nan(v) for v in obj]
+    return obj
 
 
 def _relative(path: Path, start: Path) -> str:

@@ -14,7 +14,9 @@ predictions of the 100 targets.
 
 from __future__ import annotations
 
+import errno
 import math
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -28,11 +30,21 @@ from tqdm import tqdm
 
 from cnflow.data.spirals import SpiralData, generate_spirals, sample_observation_indices
 from cnflow.models.latent_ode import GRADIENTS, LatentODE, RNNBaseline
-from cnflow.runs import environment, resolve_device, save_checkpoint, write_json, write_text
+from cnflow.runs import (
+    environment,
+    resolve_device,
+    run_directory,
+    save_checkpoint,
+    write_json,
+    write_text,
+)
 
 MODELS = ("latent-ode", "rnn")
 #: Points in the observation window (and targets after it), as in the paper.
 WINDOW = 100
+#: Largest seed: the observation subsets are drawn with the 64-bit torch seed
+#: ``seed * 1009 + n_obs``.
+MAX_SEED = (2**64 - 1 - WINDOW) // 1009
 #: Predictive RMSE of the paper's Table 2, by model and number of observations.
 PAPER_RMSE = {
     "rnn": {30: 0.3937, 50: 0.3202, 100: 0.1813},
@@ -108,6 +120,8 @@ class LatentConfig:
             raise ValueError(f"gradient={self.gradient!r} is not one of {GRADIENTS}")
         if not self.noise_std > 0:
             raise ValueError(f"noise_std={self.noise_std} must be positive")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise ValueError(f"seed={self.seed} must lie in [0, {MAX_SEED}]")
 
 
 def validate_request(models: Sequence[str], n_obs: Sequence[int]) -> None:
@@ -494,6 +508,8 @@ def plot_predictions(models: dict[str, torch.nn.Module], test: Split, path: Path
     import matplotlib.pyplot as plt
     import seaborn as sns
 
+    from cnflow.plots import save_figure
+
     sns.set_theme(style="whitegrid", context="paper")
     indices = _figure_indices(test)
     predictions = {name: predict(model, test).cpu() for name, model in models.items()}
@@ -521,7 +537,7 @@ def plot_predictions(models: dict[str, torch.nn.Module], test: Split, path: Path
     axes[0, 0].legend(fontsize=6, loc="lower left")
     fig.suptitle(f"Spirals from n = {n_obs} irregular observations")
     fig.tight_layout()
-    _save_figure(fig, path)
+    save_figure(fig, path)
 
 
 def plot_interpolation(model: LatentODE, test: Split, path: Path, steps: int = 7) -> None:
@@ -535,6 +551,8 @@ def plot_interpolation(model: LatentODE, test: Split, path: Path, steps: int = 7
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import seaborn as sns
+
+    from cnflow.plots import save_figure
 
     sns.set_theme(style="whitegrid", context="paper")
     i_cw = int(torch.nonzero(test.data.clockwise).flatten()[0])
@@ -560,7 +578,7 @@ def plot_interpolation(model: LatentODE, test: Split, path: Path, steps: int = 7
         fontsize=9,
     )
     fig.tight_layout()
-    _save_figure(fig, path)
+    save_figure(fig, path)
 
 
 def plot_learning_curves(runs: dict[str, Any], path: Path) -> None:
@@ -571,6 +589,8 @@ def plot_learning_curves(runs: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
     import matplotlib.ticker
     import seaborn as sns
+
+    from cnflow.plots import save_figure
 
     sns.set_theme(style="whitegrid", context="paper")
     ns = sorted({run["n_obs"] for run in runs.values()})
@@ -598,23 +618,7 @@ def plot_learning_curves(runs: dict[str, Any], path: Path) -> None:
     axes[0, -1].legend(fontsize=7)
     fig.suptitle("Extrapolation error during training (dotted: the paper's Table 2)", fontsize=9)
     fig.tight_layout()
-    _save_figure(fig, path)
-
-
-def _save_figure(fig: Any, path: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Render to a temporary name and rename, so an interrupted run leaves no truncated PNG.
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    try:
-        fig.savefig(tmp, dpi=120)
-        tmp.replace(path)
-    finally:
-        plt.close(fig)
-        if tmp.exists():
-            tmp.unlink()
+    save_figure(fig, path)
 
 
 def run_experiment(
@@ -626,12 +630,17 @@ def run_experiment(
     md_path: str | Path | None = None,
     command: str = "",
     figures: bool = True,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Train and evaluate every requested model for every ``n``; write results.
 
     Writes, atomically, ``out_dir/checkpoints/<model>_n<n>.pt``, ``out_dir/metrics.json`` (after
-    each run, so partial progress is kept), the figures ``out_dir/predictions_n<n>.png`` and
-    ``out_dir/interpolation_n<n>.png`` and, when ``md_path`` is given, the markdown report.
+    each run, so partial progress is kept; ``"complete"`` is true once every run is in it), the
+    figures ``out_dir/predictions_n<n>.png`` and ``out_dir/interpolation_n<n>.png`` and, when
+    ``md_path`` is given, the markdown report. ``out_dir`` is claimed with
+    :func:`cnflow.runs.run_directory`: locked while the runs write, and refused if it holds
+    another run unless ``overwrite`` (which first removes that run's metrics, checkpoints and
+    figures).
 
     Args:
         config: experiment settings.
@@ -641,70 +650,88 @@ def run_experiment(
         md_path: where to write the markdown report (None: no report).
         command: the command line that regenerates these results, recorded in the outputs.
         figures: draw the figures.
+        overwrite: replace another run in ``out_dir``.
 
     Returns:
         The summary that ``metrics.json`` holds.
 
     Raises:
         ValueError: bad models, observation counts or settings (before anything is written).
+        OSError: ``md_path`` could not be written (found before anything is written).
+        RunDirectoryError: ``out_dir`` holds another run, or another process writes there.
     """
     validate_request(models, n_obs)
     config.validate()
     device = resolve_device(config.device)
-    out_dir = Path(out_dir)
+    if md_path is not None:
+        _check_writable(Path(md_path))
     summary: dict[str, Any] = {
         "command": command,
         "config": asdict(config),
         "environment": environment(),
         "window": WINDOW,
         "runs": {},
+        "complete": False,
         "total_seconds": 0.0,
     }
     total_start = time.perf_counter()
-    for n in n_obs:
-        train, test = (_to(s, device) for s in make_splits(config, n))
-        trained: dict[str, torch.nn.Module] = {}
-        for name in models:
-            result, curve = fit_with_curve(name, train, test, config)
-            trained[name] = result.model
-            metrics = evaluate(result.model, test)
-            key = f"{name}/n={n}"
-            summary["runs"][key] = {
-                "model": name,
-                "n_obs": n,
-                "iterations": len(result.losses),
-                "train_seconds": result.seconds,
-                "loss_first": float(np.mean(result.losses[:20])),
-                "loss_last": float(np.mean(result.losses[-20:])),
-                "nfe_forward_mean": result.nfe_forward,
-                "nfe_backward_mean": result.nfe_backward,
-                "n_parameters": sum(p.numel() for p in result.model.parameters()),
-                **metrics,
-                "curve": curve,
-            }
-            save_checkpoint(
-                {
+    with run_directory(out_dir, overwrite=overwrite, clear=("*.png", "checkpoints/*.pt"),
+                       resumable=False, keep_lock=False) as folder:
+        for n in n_obs:
+            train, test = (_to(s, device) for s in make_splits(config, n))
+            trained: dict[str, torch.nn.Module] = {}
+            for name in models:
+                result, curve = fit_with_curve(name, train, test, config)
+                trained[name] = result.model
+                metrics = evaluate(result.model, test)
+                key = f"{name}/n={n}"
+                summary["runs"][key] = {
                     "model": name,
                     "n_obs": n,
-                    "config": asdict(config),
-                    "state_dict": result.model.state_dict(),
-                    "metrics": summary["runs"][key],
-                },
-                out_dir / "checkpoints" / f"{name}_n{n}.pt",
-            )
-            summary["total_seconds"] = time.perf_counter() - total_start
-            write_json(summary, out_dir / "metrics.json")
-        if figures:
-            plot_predictions(trained, test, out_dir / f"predictions_n{n}.png")
-            if "latent-ode" in trained:
-                plot_interpolation(trained["latent-ode"], test, out_dir / f"interpolation_n{n}.png")
-    if figures and config.eval_every:
-        plot_learning_curves(summary["runs"], out_dir / "learning_curves.png")
-    summary["total_seconds"] = time.perf_counter() - total_start
-    write_json(summary, out_dir / "metrics.json")
-    if md_path is not None:
-        write_markdown(summary, md_path, out_dir)
+                    "iterations": len(result.losses),
+                    "train_seconds": result.seconds,
+                    "loss_first": float(np.mean(result.losses[:20])),
+                    "loss_last": float(np.mean(result.losses[-20:])),
+                    "nfe_forward_mean": result.nfe_forward,
+                    "nfe_backward_mean": result.nfe_backward,
+                    "n_parameters": sum(p.numel() for p in result.model.parameters()),
+                    **metrics,
+                    "curve": curve,
+                }
+                save_checkpoint(
+                    {
+                        "model": name,
+                        "n_obs": n,
+                        "config": asdict(config),
+                        "state_dict": result.model.state_dict(),
+                        "metrics": summary["runs"][key],
+                    },
+                    folder / "checkpoints" / f"{name}_n{n}.pt",
+                )
+                summary["total_seconds"] = time.perf_counter() - total_start
+                write_json(summary, folder / "metrics.json")
+            if figures:
+                plot_predictions(trained, test, folder / f"predictions_n{n}.png")
+                if "latent-ode" in trained:
+                    plot_interpolation(trained["latent-ode"], test,
+                                       folder / f"interpolation_n{n}.png")
+        if figures and config.eval_every:
+            plot_learning_curves(summary["runs"], folder / "learning_curves.png")
+        summary["complete"] = True
+        summary["total_seconds"] = time.perf_counter() - total_start
+        write_json(summary, folder / "metrics.json")
+        if md_path is not None:
+            write_markdown(summary, md_path, folder)
     return summary
+
+
+def _check_writable(path: Path) -> None:
+    """Raise OSError now if the file ``path`` could not be written later (nothing is created)."""
+    folder = next(p for p in path.absolute().parents if p.exists())
+    if not folder.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, f"{str(folder)!r} is a file", str(path))
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise PermissionError(errno.EACCES, f"{str(folder)!r} is not writable", str(path))
 
 
 def _fmt(value: float | None, digits: int = 4) -> str:

@@ -45,7 +45,7 @@ from cnflow.models.odenet import (
     count_parameters,
     ode_blocks,
 )
-from cnflow.runs import environment, write_json
+from cnflow.runs import environment, write_json, write_text
 
 if TYPE_CHECKING:  # typing.Self needs Python 3.11; only type checkers read this
     from typing_extensions import Self
@@ -566,6 +566,8 @@ def plot_figure3(sweep: Sequence[dict[str, Any]], batches: Sequence[dict[str, An
         The paths written, in the order a, b, c, d.
     """
     plt, sns = _setup_matplotlib()
+    from cnflow.plots import save_figure
+
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -574,8 +576,7 @@ def plot_figure3(sweep: Sequence[dict[str, Any]], batches: Sequence[dict[str, An
     def save(fig, name: str) -> None:
         path = out_dir / name
         fig.tight_layout()
-        fig.savefig(path, dpi=130)
-        plt.close(fig)
+        save_figure(fig, path)
         paths.append(path)
 
     nfe = [r["nfe_forward"] for r in sweep]
@@ -641,6 +642,8 @@ def plot_memory_vs_depth(rows: Sequence[dict[str, Any]], path: str | Path) -> Pa
     plt, _ = _setup_matplotlib()
     from matplotlib.ticker import NullFormatter, ScalarFormatter
 
+    from cnflow.plots import save_figure
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(4.6, 3.4))
@@ -655,8 +658,7 @@ def plot_memory_vs_depth(rows: Sequence[dict[str, Any]], path: str | Path) -> Pa
     ax.xaxis.set_minor_formatter(NullFormatter())
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
+    save_figure(fig, path)
     return path
 
 
@@ -952,11 +954,7 @@ def write_markdown(results: dict[str, Any], md_path: str | Path,
             _fmt_opt(e["nfe_forward_train"]) for e in rows["odenet"]["epochs"]) + ".",
         "",
     ]
-    md_path.parent.mkdir(parents=True, exist_ok=True)
-    from cnflow.runs import _atomic_write
-
-    text = "\n".join(lines)
-    _atomic_write(md_path, lambda handle: handle.write(text.encode()))
+    write_text("\n".join(lines), md_path)
     return md_path
 
 
