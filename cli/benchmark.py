@@ -101,3 +101,36 @@ def tabular(out: str, work: str, sets: str, models: str, seeds: int, budget: flo
                           "--full-runs" if full_runs else "--no-full-runs", "--out", out])
     click.echo(write_report(config, out, work, command=command, reuse=not fresh,
                             echo=click.echo))
+
+
+@benchmark.command("flow-matching")
+@click.option("--out", type=click.Path(dir_okay=False, writable=True),
+              default="results/flow_matching.md", show_default=True,
+              help="Markdown report to write (with .png figures and a .json).")
+@click.option("--work", type=click.Path(file_okay=False), default="results/runs/flow_matching",
+              show_default=True, help="Run directories; the tabular fits' cache is the "
+                                      "tabular benchmark's, beside it.")
+@click.option("--seeds", type=click.IntRange(1), default=3, show_default=True,
+              help="Seeds per set and model of the tabular section.")
+@click.option("--budget", type=click.FloatRange(min=0, min_open=True), default=60.0,
+              show_default=True, help="CPU seconds per tabular fit.")
+@click.option("--jobs", type=click.IntRange(1), default=2, show_default=True,
+              help="Runs in parallel, one thread each.")
+@click.option("--fresh", is_flag=True, help="Ignore cached tabular fits.")
+def flow_matching(out: str, work: str, seeds: int, budget: float, jobs: int,
+                  fresh: bool) -> None:
+    """Flow matching vs maximum likelihood: 2-D runs, tables beside zuko's NSF, a
+    conditional model (needs the `bench` extra)."""
+    import shlex
+
+    try:
+        import zuko  # noqa: F401
+    except ImportError:
+        raise click.ClickException("this benchmark compares against zuko; install it "
+                                   "with: pip install -e \".[bench]\"") from None
+    from cnflow.experiments.flow_matching import write_report
+
+    command = shlex.join(["cnflow", "benchmark", "flow-matching", "--seeds", str(seeds),
+                          "--budget", f"{budget:g}", "--jobs", str(jobs), "--out", out])
+    click.echo(write_report(out, work, command, seeds=seeds, budget=budget, jobs=jobs,
+                            reuse=not fresh, echo=click.echo))

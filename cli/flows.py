@@ -14,8 +14,15 @@ import click
 import numpy as np
 
 import toydata
-from cnflow.density import DYNAMICS, CheckpointError, FitConfig
+from cnflow.density import (
+    DEFAULT_FINETUNE,
+    DEFAULT_OBJECTIVE,
+    DYNAMICS,
+    CheckpointError,
+    FitConfig,
+)
 from cnflow.flows.cnf import TRACE_MODES
+from cnflow.objectives import OBJECTIVES
 from cnflow.solvers import GRADIENT_MODES, METHODS
 from cnflow.training import LR_SCHEDULES
 
@@ -67,14 +74,42 @@ def _write_array(array: np.ndarray, out: Path, header: str) -> None:
         raise click.ClickException(f"cannot write {str(out)!r}: {error.strerror}") from None
 
 
-def _read_points(path: str, state: dict) -> np.ndarray:
-    """The rows of INPUT in the checkpoint's columns (by name where both have a header)."""
+def _read_points(path: str, state: dict) -> tuple[np.ndarray, np.ndarray | None]:
+    """The rows of INPUT in the checkpoint's columns (by name where both have a header), and
+    their context columns for a conditional model (else None)."""
     from cnflow.data.tables import DataError, read_matching
 
+    columns, context = state["data"]["columns"], state["data"]["context_columns"]
     try:
-        return read_matching(path, state["data"]["columns"], role="INPUT").values
+        values = read_matching(path, [*columns, *context], role="INPUT").values
     except DataError as error:
         raise click.BadParameter(str(error), param_hint="INPUT") from None
+    return values[:, : len(columns)], values[:, len(columns):] if context else None
+
+
+def _parse_contexts(values: tuple[str, ...], names: list[str]) -> np.ndarray | None:
+    """``--context`` values (comma-separated numbers, one per context column) as rows."""
+    if not names:
+        if values:
+            raise click.BadParameter("the model is unconditional; it takes no context",
+                                     param_hint="--context")
+        return None
+    if not values:
+        raise click.UsageError(f"the model is conditional on {names}: give --context with "
+                               f"{len(names)} comma-separated value(s), e.g. --context "
+                               + ",".join("0" for _ in names))
+    rows = []
+    for value in values:
+        try:
+            row = [float(v) for v in value.split(",")]
+        except ValueError:
+            row = []
+        if len(row) != len(names) or not all(math.isfinite(v) for v in row):
+            raise click.BadParameter(f"{value!r} must be {len(names)} finite comma-separated "
+                                     f"number(s), one for each of {names}",
+                                     param_hint="--context")
+        rows.append(row)
+    return np.asarray(rows, dtype=np.float64)
 
 
 def _data_argument(ctx, param, value: str) -> str:
@@ -107,6 +142,18 @@ _FRACTION = FiniteFloat(min=0, max=1, max_open=True)
 @click.option("--columns", default=None,
               help="Columns of a data file to model, by header name or 0-based index, "
                    "comma-separated  [default: all]")
+@click.option("--context", default=None,
+              help="Columns of a data file to condition on (by name or index): the model is "
+                   "p(other columns | these).")
+@click.option("--objective", type=click.Choice(OBJECTIVES), default=None,
+              help="mle: maximum likelihood through the adjoint; fm: flow matching; otfm: "
+                   "flow matching with minibatch optimal-transport pairs  [default: "
+                   + ", ".join(f"{o} for {k} data" for k, o in DEFAULT_OBJECTIVE.items()) + "]")
+@click.option("--finetune", type=click.IntRange(0), default=None,
+              help="Maximum-likelihood steps after flow matching  [default: "
+                   + ", ".join(f"{n} for {k} data" for k, n in DEFAULT_FINETUNE.items()) + "]")
+@click.option("--finetune-lr", type=_POSITIVE, default=_default("finetune_lr"),
+              show_default=True, help="Learning rate of the fine-tune.")
 @click.option("--val", "val", type=click.Path(dir_okay=False), default=None,
               help="Validation rows from this file instead of a split of DATA.")
 @click.option("--val-fraction", type=_FRACTION, default=_default("val_fraction"),
@@ -125,11 +172,14 @@ _FRACTION = FiniteFloat(min=0, max=1, max_open=True)
 @click.option("--max-time", type=_POSITIVE, default=None,
               help="Budget in CPU seconds of this process (all threads), validation "
                    "included; the run then stops cleanly with its best weights.")
-@click.option("--iterations", type=click.IntRange(1), default=_default("iterations"),
-              show_default=True, help="Built-in datasets: training steps (one fresh batch "
-                                      "each), validated ten times.")
-@click.option("--batch-size", type=click.IntRange(1), default=_default("batch_size"),
-              show_default=True)
+@click.option("--iterations", type=click.IntRange(1), default=None,
+              help="Built-in datasets: training steps (one fresh batch each), validated ten "
+                   "times  [default: 800 for mle, 2000 for flow matching]")
+@click.option("--batch-size", type=click.IntRange(1), default=None,
+              help="[default: 512 for mle, 256 for flow matching]")
+@click.option("--min-epoch-steps", type=click.IntRange(1), default=None,
+              help="Data files: an epoch repeats passes until it has this many steps  "
+                   "[default: 20 for mle, 200 for flow matching]")
 @click.option("--dynamics", type=click.Choice(DYNAMICS), default=_default("dynamics"),
               show_default=True, help="gated: the paper's layer, closed-form trace; "
                                       "concat_squash: FFJORD's network.")
@@ -189,13 +239,15 @@ _FRACTION = FiniteFloat(min=0, max=1, max_open=True)
 @click.option("--no-figures", is_flag=True, help="Skip the PNG figures.")
 def fit(data: str, out: str | None, device: str, resume: str | None, no_figures: bool,
         threads: int, overwrite: bool, **settings) -> None:
-    """Fit a CNF density model to DATA by maximum likelihood; write a run directory.
+    """Fit a CNF density model to DATA; write a run directory.
 
     DATA is a built-in dataset (`cnflow datasets` lists them; fresh samples every step)
     or a .csv/.npy table with one row per observation. A CSV's first row is a header if
     none of its cells is a number. A file is split into training, validation and test
     rows (--val-fraction, --test-fraction, or --val/--test files); training runs for at
     most --epochs with early stopping on the validation NLL and keeps the best weights.
+    Whatever the --objective, the validation and test NLL are exact likelihoods. With
+    --context the model is conditional: the other columns given these.
 
     The run directory holds config.json, checkpoint.pt, metrics.json (train, validation
     and test NLL in nats and nats per dimension; the entropy floor where it is known)
@@ -245,20 +297,33 @@ def fit(data: str, out: str | None, device: str, resume: str | None, no_figures:
 @click.option("--out", "-o", required=True, type=click.Path(), help="Output .npy or .csv.")
 @click.option("--plot", type=click.Path(), default=None,
               help="Also save a PNG: a scatter for 2-D models, a pair plot otherwise.")
+@click.option("--context", "contexts", multiple=True,
+              help="Conditional models: the context values, comma-separated (one per "
+                   "context column); repeat for several contexts, N samples each.")
 @click.option("--seed", type=click.IntRange(0), default=0, show_default=True)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
               show_default=True)
-def sample(checkpoint: str, num: int, out: str, plot: str | None, seed: int,
-           device: str) -> None:
-    """Draw N samples from a trained CNF (CSV columns named as in the training data)."""
+def sample(checkpoint: str, num: int, out: str, plot: str | None, contexts: tuple[str, ...],
+           seed: int, device: str) -> None:
+    """Draw N samples from a trained CNF (CSV columns named as in the training data; a
+    conditional model's rows end with their context columns)."""
     import torch
 
     target = _check_output(out, (".npy", ".csv"), "--out")
     plot_path = _check_output(plot, (".png",), "--plot") if plot else None
     flow, config, state = _load(checkpoint, device)
+    context_names = state["data"]["context_columns"]
+    context = _parse_contexts(contexts, context_names)
     torch.manual_seed(seed)
-    points = flow.sample(num).cpu().numpy()
     columns = state["data"]["columns"]
+    if context is None:
+        points = flow.sample(num).cpu().numpy()
+    else:
+        given = torch.as_tensor(context, dtype=flow.dtype, device=flow.device)
+        drawn = flow.sample(num, context=given).transpose(0, 1).reshape(-1, flow.dim)
+        points = np.hstack([drawn.cpu().numpy(), np.repeat(context, num, axis=0)])
+        columns = [*columns, *context_names]
+        num = len(points)
     _write_array(points, target, ",".join(columns))
     if plot_path is not None:
         from cnflow import plots
@@ -288,7 +353,8 @@ def logprob(checkpoint: str, input: str, out: str | None, tol: float | None,
     """Exact log-density (nats) of every row of INPUT (.npy or .csv).
 
     A CSV whose header holds the training columns is read by name; otherwise INPUT must
-    have exactly the model's columns, in the training order.
+    have exactly the model's columns, in the training order. For a conditional model the
+    context columns are read from INPUT the same way, and the values are log p(x | c).
     """
     import torch
 
@@ -296,11 +362,15 @@ def logprob(checkpoint: str, input: str, out: str | None, tol: float | None,
         raise click.BadParameter(f"{input!r} does not exist", param_hint="INPUT")
     target = _check_output(out, (".npy", ".csv"), "--out") if out else None
     flow, _, state = _load(checkpoint, device)
-    points = _read_points(input, state)
-    anchor = next(flow.buffers())
+    points, context = _read_points(input, state)
+
+    def as_tensor(rows: np.ndarray | None):
+        return None if rows is None else torch.as_tensor(rows, dtype=flow.dtype,
+                                                         device=flow.device)
+
     with torch.no_grad():
-        values = flow.log_prob(torch.as_tensor(points, dtype=anchor.dtype, device=anchor.device),
-                               rtol=tol, atol=tol).cpu().numpy().astype(np.float64)
+        values = flow.log_prob(as_tensor(points), as_tensor(context), rtol=tol,
+                               atol=tol).cpu().numpy().astype(np.float64)
     if target is None:
         click.echo("\n".join(f"{v:.8f}" for v in values))
     else:

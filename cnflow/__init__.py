@@ -3,9 +3,11 @@
 The solver core is torchdiffeq-compatible: ``from cnflow import odeint, odeint_adjoint``
 runs code written for torchdiffeq; :func:`cnflow.solve` also returns solve statistics.
 :func:`cnflow.fit` is the training loop of every flow (validation, early stopping, best
-weights, time budget, resume).
+weights, time budget, resume), with maximum likelihood or flow matching
+(:class:`cnflow.FlowMatching`) as its objective.
 """
 
+from cnflow.objectives import FlowMatching, MaximumLikelihood
 from cnflow.solvers import (
     GRADIENT_MODES,
     METHODS,
@@ -25,7 +27,9 @@ __all__ = [
     "GRADIENT_MODES",
     "METHODS",
     "EndlessSamples",
+    "FlowMatching",
     "History",
+    "MaximumLikelihood",
     "ODESolution",
     "ODESolverError",
     "SolveStats",

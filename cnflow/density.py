@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,14 +28,29 @@ import torch
 import toydata
 from cnflow.data.tables import DataError, parse_columns, read_matching, read_table, split_rows
 from cnflow.flows.cnf import CNF, ConcatSquashMLP, GatedHyperDynamics
+from cnflow.objectives import OBJECTIVES, make_objective
 from cnflow.runs import environment, resolve_device, run_directory, write_json
-from cnflow.training import EndlessSamples, TrainConfig, evaluate, fit, mean_and_stderr
+from cnflow.training import (
+    EndlessSamples,
+    History,
+    TrainConfig,
+    check_number,
+    evaluate,
+    fit,
+    mean_and_stderr,
+)
 
 CHECKPOINT_FORMAT = "cnflow-cnf"
-CHECKPOINT_VERSION = 2
+CHECKPOINT_VERSION = 3
+# Version 2 (before conditional models and flow matching) reads as an unconditional MLE run.
+_READABLE_VERSIONS = (2, 3)
 DYNAMICS = ("gated", "concat_squash")
 # Fixed seeds keep training batches, the normalisation sample, the validation sample and
 # the test sample of the built-in datasets disjoint.
+# The objective for each kind of data, and the fine-tune after it, chosen by the
+# measurements of results/flow_matching.md.
+DEFAULT_OBJECTIVE = {"builtin": "mle", "file": "mle"}
+DEFAULT_FINETUNE = {"builtin": 0, "file": 0}
 _NORMALIZATION_SEED = 10**6
 _TEST_SEED = 2 * 10**6
 _VAL_SEED = 3 * 10**6
@@ -51,22 +66,36 @@ class FitConfig(TrainConfig):
     """
 
     dataset: str = "two_moons"
-    # None: 1e-2 for the built-in datasets (800 fresh batches), 3e-3 for files, better than
-    # 1e-2 on 3 of the 4 sets of results/tabular.md's defaults sweep.
+    # "mle", "fm" or "otfm"; None: the measured default for the kind of data (see
+    # DEFAULT_OBJECTIVE and results/flow_matching.md).
+    objective: str | None = None
+    # Maximum-likelihood steps after a flow-matching objective (0: none), at finetune_lr.
+    finetune: int | None = None
+    finetune_lr: float = 3e-3
+    # None, by objective: for mle, 1e-2 for the built-in datasets (800 fresh batches) and
+    # 3e-3 for files (better than 1e-2 on 3 of the 4 sets of results/tabular.md's defaults
+    # sweep); 3e-3 for flow matching.
     lr: float | None = None
+    # None, by objective: 512 for mle; 256 for flow matching (the exact OT assignment's
+    # cost grows as the cube of the batch).
+    batch_size: int | None = None
+    # None, by objective: 20 for mle; 200 for flow matching, whose steps cost a field
+    # evaluation each, so that the exact validation NLL does not dominate the run.
+    min_epoch_steps: int | None = None
     # A guard against gradient spikes (typical norms are 1-3); on the 20,000 x 6 table of
     # results/tabular.md it did not, alone, prevent the blow-up that the kinetic
     # regulariser prevents.
     grad_clip: float | None = 5.0
     # -- data files
     columns: str | None = None
+    context: str | None = None  # columns the others are modelled given
     val: str | None = None
     val_fraction: float = 0.1
     test: str | None = None
     test_fraction: float = 0.1
     dequantize: bool = False
-    # -- built-in datasets (endless samples)
-    iterations: int = 800
+    # -- built-in datasets (endless samples); None: 800 for mle, 2000 for flow matching
+    iterations: int | None = None
     val_size: int = 5000
     test_size: int = 20000
     # -- the model
@@ -91,11 +120,33 @@ class FitConfig(TrainConfig):
     jacobian: float = 0.0
 
     def __post_init__(self) -> None:
+        if self.objective is None:
+            self.objective = DEFAULT_OBJECTIVE["builtin" if self.builtin else "file"]
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective={self.objective!r} is not one of {list(OBJECTIVES)}")
+        mle = self.objective == "mle"
+        if self.finetune is None:
+            self.finetune = 0 if mle else DEFAULT_FINETUNE["builtin" if self.builtin else "file"]
+        if self.finetune and mle:
+            raise ValueError("finetune adds maximum-likelihood steps after flow matching; "
+                             "it needs objective 'fm' or 'otfm', not 'mle'")
         if self.lr is None:
-            self.lr = 1e-2 if self.builtin else 3e-3
+            self.lr = (1e-2 if self.builtin else 3e-3) if mle else 3e-3
+        if self.batch_size is None:
+            self.batch_size = 512 if mle else 256
+        if self.min_epoch_steps is None:
+            self.min_epoch_steps = 20 if mle else 200
+        if self.iterations is None:
+            self.iterations = 800 if mle else 2000
         if self.kinetic is None:
             self.kinetic = 0.0 if self.builtin else 0.01
         super().__post_init__()
+        check_number("finetune", self.finetune, integer=True, allow_zero=True)
+        check_number("finetune_lr", self.finetune_lr)
+        check_number("iterations", self.iterations, integer=True)
+        if self.context is not None and self.builtin:
+            raise ValueError(f"context columns need a table; {self.dataset!r} is a built-in "
+                             "dataset")
         if self.dynamics not in DYNAMICS:
             raise ValueError(f"dynamics={self.dynamics!r} is not one of {list(DYNAMICS)}")
         for name in ("val_fraction", "test_fraction"):
@@ -130,13 +181,16 @@ class CheckpointError(ValueError):
     """A checkpoint is missing, corrupt, or not a cnflow CNF checkpoint."""
 
 
-def build_cnf(config: FitConfig, dim: int = 2) -> CNF:
-    """The model a config describes (untrained), for ``dim``-dimensional data."""
+def build_cnf(config: FitConfig, dim: int = 2, context_dim: int = 0) -> CNF:
+    """The model a config describes (untrained), for ``dim``-dimensional data given a
+    ``context_dim``-dimensional context (0: unconditional)."""
     if config.dynamics == "gated":
-        dynamics = GatedHyperDynamics(dim=dim, width=config.width, hidden=config.hidden)
+        dynamics = GatedHyperDynamics(dim=dim, width=config.width, hidden=config.hidden,
+                                      context_dim=context_dim)
     else:
-        dynamics = ConcatSquashMLP(dim, hidden=(config.width,) * config.depth)
-    return CNF(dynamics, dim=dim, time=config.time, method=config.method, rtol=config.rtol,
+        dynamics = ConcatSquashMLP(dim, hidden=(config.width,) * config.depth,
+                                   context_dim=context_dim)
+    return CNF(dynamics, dim=dim, context_dim=context_dim, time=config.time, method=config.method, rtol=config.rtol,
                atol=config.atol, eval_rtol=config.eval_tol, eval_atol=config.eval_tol,
                gradient=config.gradient, trace=config.trace, kinetic=config.kinetic,
                jacobian=config.jacobian)
@@ -168,12 +222,14 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu"
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{str(file)!r} is not a cnflow CNF checkpoint (expected "
                               f"format {CHECKPOINT_FORMAT!r})")
-    if state.get("version") != CHECKPOINT_VERSION:
+    if state.get("version") not in _READABLE_VERSIONS:
         raise CheckpointError(f"{str(file)!r} has checkpoint version {state.get('version')!r}; "
-                              f"this cnflow reads version {CHECKPOINT_VERSION}")
+                              f"this cnflow reads versions {list(_READABLE_VERSIONS)}")
     try:
+        state["data"].setdefault("context_columns", [])
         config = FitConfig.from_dict(state["config"])
-        flow = build_cnf(config, int(state["data"]["dim"]))
+        flow = build_cnf(config, int(state["data"]["dim"]),
+                         len(state["data"]["context_columns"]))
         flow.load_state_dict(state["model"])
     except (KeyError, ValueError, RuntimeError, TypeError) as error:
         raise CheckpointError(f"{str(file)!r} does not hold a valid CNF: {error}") from None
@@ -192,11 +248,13 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu"
 class RunData:
     """The rows of one run: float32 tensors, and what describes their columns."""
 
-    train: torch.Tensor | EndlessSamples
-    val: torch.Tensor | None
-    test: torch.Tensor
+    train: torch.Tensor | tuple[torch.Tensor, torch.Tensor] | EndlessSamples
+    val: torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None
+    test: torch.Tensor | tuple[torch.Tensor, torch.Tensor]
     normalization: torch.Tensor  # rows the standardisation is estimated from
     columns: tuple[str, ...]
+    context_columns: tuple[str, ...] = ()
+    context_normalization: torch.Tensor | None = None
     integer_columns: tuple[int, ...] = ()
     bin_widths: tuple[float, ...] = ()  # grid step of each dequantised column
     floor: float | None = None  # entropy of the true density, where it is known
@@ -205,6 +263,15 @@ class RunData:
     @property
     def dim(self) -> int:
         return len(self.columns)
+
+    @property
+    def context_dim(self) -> int:
+        return len(self.context_columns)
+
+    @property
+    def test_points(self) -> torch.Tensor:
+        """The test rows without their context."""
+        return self.test[0] if isinstance(self.test, tuple) else self.test
 
 
 def _toy_data(config: FitConfig) -> RunData:
@@ -230,10 +297,38 @@ def _grid_step(values: np.ndarray) -> float:
     return float(np.gcd.reduce(gaps)) if gaps.size else 1.0
 
 
-def _file_data(config: FitConfig) -> RunData:
-    columns = parse_columns(config.columns)
+def _read_model_and_context(config: FitConfig):
+    """The modelled columns and the context columns (None without ``context``)."""
+    columns, context = parse_columns(config.columns), parse_columns(config.context)
+    if context is None:
+        return read_table(config.dataset, columns), None
+    # A context column is an input, not a modelled variable: integers (labels) are fine.
+    context_table = read_table(config.dataset, context)
     table = read_table(config.dataset, columns)
+    if columns is None:
+        keep = [j for j, name in enumerate(table.columns) if name not in context_table.columns]
+        if not keep:
+            raise DataError(f"{table.source}: --context {config.context} names every column; "
+                            "no column is left to model")
+        table = replace(table, values=table.values[:, keep],
+                        columns=tuple(table.columns[j] for j in keep),
+                        integer_columns=tuple(keep.index(j) for j in table.integer_columns
+                                              if j in keep))
+    overlap = sorted(set(table.columns) & set(context_table.columns))
+    if overlap:
+        raise DataError(f"{table.source}: columns {overlap} are both modelled (--columns) and "
+                        "context (--context)")
+    return table, context_table
+
+
+def _file_data(config: FitConfig) -> RunData:
+    table, context_table = _read_model_and_context(config)
     n = len(table.values)
+    if context_table is not None:
+        # One array while splitting; the context is cut off again below.
+        table = replace(table, values=np.hstack([table.values, context_table.values]),
+                        columns=table.columns + context_table.columns)
+    k = 0 if context_table is None else len(context_table.columns)
     val_fraction = 0.0 if config.val else config.val_fraction
     test_fraction = 0.0 if config.test else config.test_fraction
     train_rows, val_rows, test_rows = split_rows(
@@ -264,17 +359,24 @@ def _file_data(config: FitConfig) -> RunData:
                       "density on them is degenerate (the NLL can fall without bound). Use "
                       "--dequantize to add uniform noise over each value's bin.", stacklevel=2)
 
-    def as_tensor(rows: np.ndarray) -> torch.Tensor:
-        return torch.as_tensor(rows, dtype=torch.float32)
+    d = len(table.columns) - k
 
-    normalization = parts["train"].copy()
+    def as_rows(rows: np.ndarray):
+        """Float32 rows, or (rows, context) for a conditional model."""
+        rows = torch.as_tensor(rows, dtype=torch.float32)
+        return (rows[:, :d], rows[:, d:]) if k else rows
+
+    normalization = parts["train"][:, :d].copy()
     if widths:
         normalization[:, list(integer)] += 0.5 * np.asarray(widths)
-    return RunData(train=as_tensor(parts["train"]),
-                   val=as_tensor(parts["val"]) if len(parts["val"]) else None,
-                   test=as_tensor(parts["test"]), normalization=as_tensor(normalization),
-                   columns=table.columns, integer_columns=integer if widths else (),
-                   bin_widths=widths)
+    return RunData(train=as_rows(parts["train"]),
+                   val=as_rows(parts["val"]) if len(parts["val"]) else None,
+                   test=as_rows(parts["test"]),
+                   normalization=torch.as_tensor(normalization, dtype=torch.float32),
+                   columns=table.columns[:d], context_columns=table.columns[d:],
+                   context_normalization=torch.as_tensor(parts["train"][:, d:],
+                                                         dtype=torch.float32) if k else None,
+                   integer_columns=integer if widths else (), bin_widths=widths)
 
 
 def load_data(config: FitConfig) -> RunData:
@@ -348,26 +450,27 @@ def fit_run(config: FitConfig, out_dir: str | Path, device: str = "auto",
         _, _, state = load_checkpoint(resume, dev)
         _check_resume(config, state, resume)
     torch.manual_seed(config.seed)
-    flow = build_cnf(config, data.dim).to(dev)
-    flow.set_normalization(data.normalization.to(dev))
+    flow = build_cnf(config, data.dim, data.context_dim).to(dev)
+    flow.set_normalization(data.normalization.to(dev), None if data.context_normalization
+                           is None else data.context_normalization.to(dev))
     resuming = resume is not None and checkpoint_path(resume).resolve().parent == \
         Path(out_dir).resolve()
     with run_directory(out_dir, resuming=resuming, overwrite=overwrite) as out:
         write_json(asdict(config), out / "config.json")
         description = {"dim": data.dim, "columns": list(data.columns),
+                       "context_columns": list(data.context_columns),
                        "integer_columns": list(data.integer_columns),
                        "bin_widths": list(data.bin_widths)}
-        history = fit(flow, data.train, data.val, config,
-                      checkpoint=out / "checkpoint.pt", resume=state, progress=progress,
-                      augment=dequantizer(data), desc=f"fit {Path(config.dataset).name}",
-                      extra_state={"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION,
-                                   "config": asdict(config), "data": description})
-        test_nll, eval_nfe = evaluate(flow, data.test.to(dev))
+        history = train_phases(config, data, flow, state, out / "checkpoint.pt", progress,
+                         {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION,
+                          "config": asdict(config), "data": description})
+        test_nll, eval_nfe = evaluate(flow, data.test)
         train_nll = None
-        if isinstance(data.train, torch.Tensor):
+        if not isinstance(data.train, EndlessSamples):
             # Exact, as the test NLL, on as many training rows as there are test rows (the
             # split is already shuffled): beside the test NLL, it shows the overfitting.
-            train_nll = float(evaluate(flow, data.train[: len(data.test)].to(dev))[0].mean())
+            first = _first_rows(data.train, len(data.test_points))
+            train_nll = float(evaluate(flow, first)[0].mean())
         metrics = _metrics(config, data, flow, history, test_nll, train_nll, eval_nfe,
                            description, dev)
         metrics["wall_seconds"] = time.perf_counter() - start
@@ -381,6 +484,72 @@ def fit_run(config: FitConfig, out_dir: str | Path, device: str = "auto",
     return metrics
 
 
+def _count(rows) -> int:
+    return len(rows[0] if isinstance(rows, tuple) else rows)
+
+
+def _first_rows(rows, n: int):
+    return tuple(part[:n] for part in rows) if isinstance(rows, tuple) else rows[:n]
+
+
+def train_phases(config: FitConfig, data: RunData, flow: CNF, state: dict[str, Any] | None,
+           checkpoint: Path, progress: bool | None, extra_state: dict[str, Any]) -> History:
+    """Train by ``config.objective``, then (``finetune``) by maximum likelihood.
+
+    Each phase is one :func:`cnflow.training.fit`; the checkpoint records the phase, so a
+    resumed run continues in the phase it stopped in. The records of both phases come back
+    as one history, the fine-tune's steps and times counted after the first phase's.
+    """
+    phase = "main" if state is None else state.get("phase", "main")
+    name = Path(config.dataset).name
+    main_config = config
+    if config.finetune and config.max_time is not None:
+        # One budget for the whole run: half for flow matching, the rest for the fine-tune.
+        main_config = TrainConfig(**{**config.loop_settings(), "max_time": config.max_time / 2})
+    if phase == "main":
+        main = fit(flow, data.train, data.val, main_config,
+                   objective=make_objective(config.objective), checkpoint=checkpoint,
+                   resume=state, progress=progress, augment=dequantizer(data),
+                   desc=f"fit {name} ({config.objective})",
+                   extra_state={**extra_state, "phase": "main"})
+        state = None
+    else:
+        main = History(**state["main_history"])
+    for record in main.records:
+        record["objective"] = config.objective
+    if not config.finetune or main.stop_reason == "non-finite loss":
+        return main
+    settings = {**config.loop_settings(), "lr": config.finetune_lr, "batch_size": 512,
+                "min_epoch_steps": 20, "max_steps": config.finetune}
+    if config.max_time is not None:
+        # What the first phase left; a fine-tune without any left takes one step.
+        settings["max_time"] = max(config.max_time - main.cpu_seconds, 1e-9)
+    train = data.train
+    if isinstance(train, EndlessSamples):
+        # Five validations, on batches that continue the first phase's stream.
+        train = EndlessSamples(train.sample, max(1, math.ceil(config.finetune / 5)),
+                               seed=train.seed, steps=config.finetune,
+                               first_step=config.iterations)
+    tuned = fit(flow, train, data.val, TrainConfig(**settings), checkpoint=checkpoint,
+                resume=state, progress=progress, augment=dequantizer(data),
+                desc=f"fit {name} (mle fine-tune)",
+                extra_state={**extra_state, "phase": "finetune",
+                             "main_history": asdict(main)})
+    for record in tuned.records:
+        record.update(objective="mle", epoch=record["epoch"] + main.epochs_run,
+                      step=record["step"] + main.steps,
+                      cpu_seconds=record["cpu_seconds"] + main.cpu_seconds,
+                      wall_seconds=record["wall_seconds"] + main.wall_seconds)
+    improved = tuned.best_epoch > 0
+    return History(
+        records=main.records + tuned.records,
+        best_epoch=tuned.best_epoch + main.epochs_run if improved else main.best_epoch,
+        best_val_nll=tuned.best_val_nll, initial_val_nll=main.initial_val_nll,
+        stop_reason=f"{main.stop_reason}, then fine-tune: {tuned.stop_reason}",
+        steps=main.steps + tuned.steps, cpu_seconds=main.cpu_seconds + tuned.cpu_seconds,
+        wall_seconds=main.wall_seconds + tuned.wall_seconds)
+
+
 def _metrics(config: FitConfig, data: RunData, flow: CNF, history, test_nll: np.ndarray,
              train_nll: float | None, eval_nfe: int, description: dict[str, Any],
              dev: torch.device) -> dict[str, Any]:
@@ -390,7 +559,7 @@ def _metrics(config: FitConfig, data: RunData, flow: CNF, history, test_nll: np.
     if data.true_log_prob is not None:
         # KL(p || q) from the same points: log p − log q varies far less than −log q alone,
         # so this pins the gap down much more tightly than test NLL − floor does.
-        kl, kl_stderr = mean_and_stderr(data.true_log_prob(data.test.double().numpy())
+        kl, kl_stderr = mean_and_stderr(data.true_log_prob(data.test_points.double().numpy())
                                         + test_nll)
     train_loss = next((r["train_loss"] for r in reversed(history.records)
                        if r["train_loss"] is not None), None)
@@ -398,8 +567,10 @@ def _metrics(config: FitConfig, data: RunData, flow: CNF, history, test_nll: np.
     return {
         "dataset": config.dataset, **description,
         "train_nll": train_nll, "train_nll_per_dim": None if train_nll is None else train_nll / dim,
-        "train_rows": None if isinstance(data.train, EndlessSamples) else len(data.train),
-        "val_rows": None if data.val is None else len(data.val), "test_rows": len(data.test),
+        "objective": config.objective, "finetune": config.finetune,
+        "train_rows": None if isinstance(data.train, EndlessSamples) else _count(data.train),
+        "val_rows": None if data.val is None else _count(data.val),
+        "test_rows": len(data.test_points),
         "test_nll": nll, "test_nll_stderr": stderr, "test_nll_per_dim": nll / dim,
         "test_nll_discrete": nll - log_bins if data.bin_widths else None,
         "val_nll": history.best_val_nll,
@@ -420,8 +591,12 @@ def _figures(flow: CNF, data: RunData, history, out: Path) -> list[str]:
 
     names = ["learning_curves.png"]
     plots.learning_curves(history.records, out / names[0], floor=data.floor)
-    reference = data.test.numpy()
-    if data.dim == 2:
+    reference = data.test_points.numpy()
+    if data.context_dim:
+        plots.conditional_panels(flow, reference, data.test[1].numpy(), data.columns,
+                                 data.context_columns, out / "conditional.png")
+        names.append("conditional.png")
+    elif data.dim == 2:
         plots.density_panels(flow, reference, out / "density.png")
         plots.flow_snapshots(flow, out / "snapshots.png")
         names += ["density.png", "snapshots.png"]

@@ -127,6 +127,44 @@ def pair_plot(flow: Flow, data: np.ndarray, columns, path: str | Path, max_colum
     save_figure(grid.figure, path)
 
 
+def context_values(context: np.ndarray, most: int = 4) -> tuple[np.ndarray, list[np.ndarray]]:
+    """A few representative contexts of ``context`` rows ``(n, k)`` and, for each, the rows
+    that belong to it: each distinct value when there are at most ``most`` (labels), else
+    the rows nearest to evenly spaced quantiles of the first context column."""
+    unique = np.unique(context, axis=0)
+    if len(unique) <= most:
+        return unique, [np.flatnonzero((context == u).all(1)) for u in unique]
+    order = np.argsort(context[:, 0], kind="stable")
+    chunks = np.array_split(order, most)
+    picks = np.stack([context[chunk[len(chunk) // 2]] for chunk in chunks])
+    return picks, chunks
+
+
+def conditional_panels(flow: Flow, data: np.ndarray, context: np.ndarray, columns,
+                       context_columns, path: str | Path, n: int = 2000) -> None:
+    """Data beside model samples for a few contexts (first two modelled columns): top row
+    the data rows of each context, bottom row samples given it."""
+    values, groups = context_values(np.asarray(context, dtype=np.float64))
+    was_training = flow.training
+    flow.eval()
+    context_tensor = torch.as_tensor(values, dtype=flow.dtype, device=flow.device)
+    samples = flow.sample(n, context=context_tensor).cpu().numpy()  # (n, contexts, d)
+    flow.train(was_training)
+    x_axis, y_axis = 0, min(1, data.shape[1] - 1)
+    extent = plot_extent(np.asarray(data)[:, [x_axis, y_axis]])
+    sns.set_theme(style="white")
+    fig, axes = plt.subplots(2, len(values), figsize=(3.2 * len(values), 6.4), squeeze=False)
+    for j, (value, rows) in enumerate(zip(values, groups)):
+        label = ", ".join(f"{c}={v:.3g}" for c, v in zip(context_columns, value))
+        _show_points(axes[0, j], data[rows][:, [x_axis, y_axis]], extent, f"data: {label}")
+        _show_points(axes[1, j], samples[:, j][:, [x_axis, y_axis]], extent,
+                     f"model | {label}")
+    for ax in axes.reshape(-1):
+        ax.set(xlabel=columns[x_axis], ylabel=columns[y_axis])
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
 def sample_plot(points: np.ndarray, columns, path: str | Path, title: str = "") -> None:
     """Model samples alone: a scatter in 2-D, a histogram in 1-D, a pair plot otherwise."""
     import pandas as pd
@@ -156,9 +194,23 @@ def learning_curves(records: list[dict], path: str | Path, floor: float | None =
     steps = [r["step"] for r in records]
     sns.set_theme(style="whitegrid")
     fig, ax = plt.subplots(figsize=(6, 4))
-    train = [(s, r["train_loss"]) for s, r in zip(steps, records) if r["train_loss"] is not None]
+    # Maximum likelihood's training loss is an NLL (the validation NLL's axis); a
+    # flow-matching loss is a regression error, drawn on its own axis.
+    objectives = [r.get("objective", "mle") for r in records]
+    train = [(s, r["train_loss"]) for s, r, o in zip(steps, records, objectives)
+             if r["train_loss"] is not None and o == "mle"]
     if train:
-        ax.plot(*zip(*train), marker=".", label="training loss (epoch mean)")
+        ax.plot(*zip(*train), marker=".", label="training NLL (epoch mean)")
+    matching = [(s, r["train_loss"]) for s, r, o in zip(steps, records, objectives)
+                if r["train_loss"] is not None and o != "mle"]
+    if matching:
+        right = ax.twinx()
+        right.plot(*zip(*matching), marker=".", color="tab:green", alpha=0.7)
+        right.set_ylabel("flow-matching loss (epoch mean)", color="tab:green")
+        right.grid(False)
+        if train:
+            ax.axvline(train[0][0], color="gray", linewidth=0.8, linestyle="--",
+                       label="maximum-likelihood fine-tune")
     val = [(s, r["val_nll"]) for s, r in zip(steps, records) if r["val_nll"] is not None]
     if val:
         ax.plot(*zip(*val), marker=".", label="validation NLL")

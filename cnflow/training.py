@@ -1,5 +1,5 @@
-"""The one training loop: minibatch maximum likelihood for any flow, on a finite table or on
-endless fresh samples.
+"""The one training loop: any objective (maximum likelihood, flow matching) for any flow,
+on a finite table or on endless fresh samples, with or without a context per row.
 
 :func:`fit` is a plain function: give it a flow, training data, validation data and a
 :class:`TrainConfig`; it returns a :class:`History`. What it does, in order of the loop:
@@ -11,8 +11,9 @@ endless fresh samples.
   gradient-norm clipping. The run's progress is the larger of the share of steps done and,
   with ``max_time``, the share of the CPU budget spent, so a run cut short by its budget
   still anneals (such a run is then reproducible only up to its timing);
-* after every epoch, the **validation NLL** in eval mode (exact trace, the flow's eval
-  tolerance); the best-validation weights are kept, and restored at the end;
+* before the first epoch and after every epoch, the **validation NLL** in eval mode (exact
+  trace, the flow's eval tolerance), whatever the objective; the best-validation weights
+  (the initial ones included) are kept, and restored at the end;
 * **early stopping** after ``patience`` validations without improvement, a **CPU-time
   budget** (``max_time``, CPU seconds of this process, so it means the same on a loaded
   machine), and a clean stop when the loss becomes non-finite;
@@ -49,13 +50,16 @@ from torch.utils.data import BatchSampler, DataLoader, RandomSampler, TensorData
 from tqdm.auto import tqdm
 
 from cnflow.flows.base import Flow
+from cnflow.objectives import MaximumLikelihood
 from cnflow.runs import save_checkpoint
 from cnflow.solvers import ODESolverError
 
 LR_SCHEDULES = ("cosine", "constant")
+# Rows, or rows with their context: ``x`` of shape (n, dim) or ``(x, c)`` with c (n, k).
+Rows = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
 
 
-def _check_number(name: str, value: Any, *, integer: bool = False, minimum: float = 0,
+def check_number(name: str, value: Any, *, integer: bool = False, minimum: float = 0,
                   allow_zero: bool = False, optional: bool = False) -> None:
     if value is None and optional:
         return
@@ -88,6 +92,8 @@ class TrainConfig:
             early.
         max_time: CPU-seconds budget of this process for the whole loop (validation
             included); None for no budget.
+        max_steps: stop after this many optimisation steps (the schedule then spans them);
+            None for no limit.
         seed: seeds the weights' initialisation (by the caller), the shuffling and every
             random draw of the loop.
     """
@@ -101,18 +107,20 @@ class TrainConfig:
     grad_clip: float | None = None
     patience: int | None = 10
     max_time: float | None = None
+    max_steps: int | None = None
     seed: int = 0
 
     def __post_init__(self) -> None:
-        _check_number("epochs", self.epochs, integer=True)
-        _check_number("min_epoch_steps", self.min_epoch_steps, integer=True)
-        _check_number("batch_size", self.batch_size, integer=True)
-        _check_number("lr", self.lr)
-        _check_number("weight_decay", self.weight_decay, allow_zero=True)
-        _check_number("grad_clip", self.grad_clip, optional=True)
-        _check_number("patience", self.patience, integer=True, optional=True)
-        _check_number("max_time", self.max_time, optional=True)
-        _check_number("seed", self.seed, integer=True, allow_zero=True)
+        check_number("epochs", self.epochs, integer=True)
+        check_number("min_epoch_steps", self.min_epoch_steps, integer=True)
+        check_number("batch_size", self.batch_size, integer=True)
+        check_number("lr", self.lr)
+        check_number("weight_decay", self.weight_decay, allow_zero=True)
+        check_number("grad_clip", self.grad_clip, optional=True)
+        check_number("patience", self.patience, integer=True, optional=True)
+        check_number("max_time", self.max_time, optional=True)
+        check_number("max_steps", self.max_steps, integer=True, optional=True)
+        check_number("seed", self.seed, integer=True, allow_zero=True)
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"lr_schedule={self.lr_schedule!r} is not one of "
                              f"{list(LR_SCHEDULES)}")
@@ -126,20 +134,24 @@ class EndlessSamples:
     """Fresh samples every step, for data sources that can draw as many points as asked.
 
     Args:
-        sample: ``sample(n, seed) -> (n, dim)`` tensor, reproducible for a seed.
+        sample: ``sample(n, seed)`` returning a ``(n, dim)`` tensor, or a pair ``(x, c)``
+            with the context of each row; reproducible for a seed.
         steps_per_epoch: steps between two validations (and checkpoints).
-        seed: the batch of step ``i`` is ``sample(batch_size, seed * 10**7 + i)``.
+        seed: the batch of step ``i`` is ``sample(batch_size, seed * 10**7 + first_step + i)``.
         steps: total number of steps; the last epoch is shorter where ``steps_per_epoch``
             does not divide it. Then :func:`fit` runs ``epochs`` epochs, whatever its
             config says.
+        first_step: where the stream of batches starts (a second training phase continues
+            the first one's stream instead of repeating it).
     """
 
-    def __init__(self, sample: Callable[[int, int], torch.Tensor], steps_per_epoch: int,
-                 seed: int = 0, steps: int | None = None):
-        _check_number("steps_per_epoch", steps_per_epoch, integer=True)
-        _check_number("steps", steps, integer=True, optional=True)
+    def __init__(self, sample: Callable[[int, int], Rows], steps_per_epoch: int,
+                 seed: int = 0, steps: int | None = None, first_step: int = 0):
+        check_number("steps_per_epoch", steps_per_epoch, integer=True)
+        check_number("steps", steps, integer=True, optional=True)
+        check_number("first_step", first_step, integer=True, allow_zero=True)
         self.sample, self.steps_per_epoch, self.seed = sample, steps_per_epoch, seed
-        self.steps = steps
+        self.steps, self.first_step = steps, first_step
 
     @property
     def epochs(self) -> int | None:
@@ -149,11 +161,11 @@ class EndlessSamples:
         total = epochs * self.steps_per_epoch
         return total if self.steps is None else min(total, self.steps)
 
-    def batches(self, epoch: int, batch_size: int) -> Iterator[torch.Tensor]:
+    def batches(self, epoch: int, batch_size: int) -> Iterator[Rows]:
         first = epoch * self.steps_per_epoch
         last = self.total_steps(epoch + 1)
         for step in range(first, last):
-            yield self.sample(batch_size, self.seed * 10**7 + step)
+            yield self.sample(batch_size, self.seed * 10**7 + self.first_step + step)
 
 
 class _Table:
@@ -164,8 +176,10 @@ class _Table:
     step would stop a run before it has learnt anything.
     """
 
-    def __init__(self, data: torch.Tensor, batch_size: int, seed: int, min_steps: int):
-        self.dataset = TensorDataset(data)
+    def __init__(self, data: tuple[torch.Tensor, ...], batch_size: int, seed: int,
+                 min_steps: int):
+        self.dataset = TensorDataset(*data)
+        data = data[0]
         self.seed = seed
         # A small last batch would give a noisy step; drop it whenever a full batch exists.
         self.drop_last = len(data) > batch_size
@@ -177,15 +191,14 @@ class _Table:
     def total_steps(self, epochs: int) -> int:
         return epochs * self.steps_per_epoch
 
-    def batches(self, epoch: int, batch_size: int) -> Iterator[torch.Tensor]:
+    def batches(self, epoch: int, batch_size: int) -> Iterator[tuple[torch.Tensor, ...]]:
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
         # Without replacement, num_samples = k rows draws k/n permutations back to back.
         rows = RandomSampler(self.dataset, num_samples=self.rows, generator=generator)
         sampler = BatchSampler(rows, min(batch_size, len(self.dataset)),
                                drop_last=self.drop_last)
         # batch_size=None: the sampler yields whole index lists, fetched in one indexing.
-        for (batch,) in DataLoader(self.dataset, sampler=sampler, batch_size=None):
-            yield batch
+        yield from DataLoader(self.dataset, sampler=sampler, batch_size=None)
 
 
 @dataclass
@@ -198,13 +211,15 @@ class History:
             ``cpu_seconds``, ``wall_seconds`` (cumulative).
         best_epoch: the epoch whose weights were restored (1-based; 0: the initial ones).
         best_val_nll: its validation NLL (nats per row), None without validation data.
-        stop_reason: ``"epochs"``, ``"early stopping"``, ``"time budget"`` or
-            ``"non-finite loss"`` (None while a run goes on).
+        initial_val_nll: the validation NLL of the starting weights.
+        stop_reason: ``"epochs"``, ``"steps"`` (``max_steps``), ``"early stopping"``,
+            ``"time budget"`` or ``"non-finite loss"`` (None while a run goes on).
     """
 
     records: list[dict[str, Any]] = field(default_factory=list)
     best_epoch: int = 0
     best_val_nll: float | None = None
+    initial_val_nll: float | None = None
     stop_reason: str | None = None
     steps: int = 0
     cpu_seconds: float = 0.0
@@ -221,6 +236,7 @@ class History:
             return float(np.mean(values)) if values else None
 
         return {"best_epoch": self.best_epoch, "best_val_nll": self.best_val_nll,
+                "initial_val_nll": self.initial_val_nll,
                 "epochs_run": self.epochs_run, "steps": self.steps,
                 "stop_reason": self.stop_reason, "train_cpu_seconds": self.cpu_seconds,
                 "train_wall_seconds": self.wall_seconds,
@@ -228,17 +244,42 @@ class History:
                 "nfe_backward_mean": mean("nfe_backward")}
 
 
+def _rows(flow: Flow, rows: Rows, name: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(x, context)`` of ``rows``, checked against the flow (a context iff it is
+    conditional, one row of it per point)."""
+    x, context = rows if isinstance(rows, tuple) else (rows, None)
+    x = flow.check_points(x, name)
+    if context is None and flow.context_dim == 0:
+        return x, None
+    if context is None:
+        raise ValueError(f"{name} must be a pair (x, context) for a conditional flow "
+                         f"(context_dim={flow.context_dim})")
+    context = flow.check_context(context)
+    if context.shape[:-1] != x.shape[:-1]:
+        raise ValueError(f"{name}: x has {tuple(x.shape[:-1])} rows but its context "
+                         f"{tuple(context.shape[:-1])}")
+    return x, context
+
+
 @torch.no_grad()
-def evaluate(flow: Flow, x: torch.Tensor, batch: int = 10000) -> tuple[np.ndarray, int]:
-    """Per-row NLL in eval mode (exact trace, eval tolerance) and the forward NFE spent."""
+def evaluate(flow: Flow, rows: Rows, batch: int = 10000) -> tuple[np.ndarray, int]:
+    """Per-row NLL of ``rows`` (``x`` or ``(x, context)``) in eval mode (exact trace, eval
+    tolerance) and the forward NFE spent."""
+    x, context = _rows(flow, rows, "rows")
     was_training = flow.training
     flow.eval()
     nll, nfe = [], 0
-    for chunk in torch.split(x, batch):
-        nll.append(-flow.log_prob(chunk.to(flow.device, flow.dtype)))
+    for start in range(0, len(x), batch):
+        chunk = x[start: start + batch]
+        if context is None:
+            nll.append(-flow.log_prob(chunk))
+        else:
+            nll.append(-flow.log_prob(chunk, context[start: start + batch]))
         stats = getattr(flow, "last_stats", None)
         nfe += stats.forward.nfe if stats is not None else 0
     flow.train(was_training)
+    if not nll:
+        return np.zeros(0), 0
     return torch.cat(nll).double().cpu().numpy(), nfe
 
 
@@ -249,20 +290,24 @@ def _nfe(flow: Flow) -> tuple[int | None, int | None]:
     return stats.forward.nfe, stats.backward.nfe if stats.backward else 0
 
 
-def fit(flow: Flow, train: torch.Tensor | EndlessSamples, val: torch.Tensor | None,
-        config: TrainConfig, *, checkpoint: str | Path | None = None,
+def fit(flow: Flow, train: Rows | EndlessSamples, val: Rows | None,
+        config: TrainConfig, *, objective: Callable | None = None,
+        checkpoint: str | Path | None = None,
         resume: dict[str, Any] | None = None, extra_state: dict[str, Any] | None = None,
         augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
         on_epoch: Callable[[dict[str, Any]], None] | None = None,
         progress: bool | None = None, desc: str = "fit") -> History:
-    """Train ``flow`` by maximum likelihood; restore its best-validation weights.
+    """Train ``flow``; restore its best-validation weights.
 
     Args:
         flow: any :class:`~cnflow.flows.base.Flow`, already on its device and normalised.
-        train: a ``(n, dim)`` tensor (finite data: epochs over shuffled minibatches) or
-            :class:`EndlessSamples`.
-        val: ``(m, dim)`` validation rows, or None (then the last weights are kept).
+        train: a ``(n, dim)`` tensor, or ``(x, context)`` for a conditional flow (finite
+            data: epochs over shuffled minibatches), or :class:`EndlessSamples`.
+        val: ``(m, dim)`` validation rows (or ``(x, context)``), or None (then the last
+            weights are kept).
         config: loop settings.
+        objective: ``objective(flow, x, context) -> (loss, report)``, for example
+            :class:`~cnflow.objectives.FlowMatching`; default maximum likelihood.
         checkpoint: file rewritten atomically after every epoch.
         resume: a checkpoint dict written by this function; the loop continues after its
             last completed epoch.
@@ -280,11 +325,12 @@ def fit(flow: Flow, train: torch.Tensor | EndlessSamples, val: torch.Tensor | No
         raise TypeError(f"flow must be a cnflow Flow, got {type(flow).__name__}")
     if not isinstance(config, TrainConfig):
         raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
-    if isinstance(train, torch.Tensor):
-        train = flow.check_points(train, "train")
-        if len(train) < 2:
-            raise ValueError(f"train must hold at least 2 rows, got {len(train)}")
-        source = _Table(train.cpu(), config.batch_size, config.seed, config.min_epoch_steps)
+    if isinstance(train, (torch.Tensor, tuple)):
+        x, context = _rows(flow, train, "train")
+        if len(x) < 2:
+            raise ValueError(f"train must hold at least 2 rows, got {len(x)}")
+        table = (x.cpu(),) if context is None else (x.cpu(), context.cpu())
+        source = _Table(table, config.batch_size, config.seed, config.min_epoch_steps)
     elif isinstance(train, EndlessSamples):
         source = train
         if train.epochs is not None:
@@ -292,11 +338,14 @@ def fit(flow: Flow, train: torch.Tensor | EndlessSamples, val: torch.Tensor | No
     else:
         raise TypeError(f"train must be a tensor or EndlessSamples, got {type(train).__name__}")
     if val is not None:
-        val = flow.check_points(val, "val")
+        val = _rows(flow, val, "val")
+    objective = MaximumLikelihood() if objective is None else objective
 
     optimizer = torch.optim.Adam(flow.parameters(), lr=config.lr,
                                  weight_decay=config.weight_decay)
     total_steps = source.total_steps(config.epochs)
+    if config.max_steps is not None:
+        total_steps = min(total_steps, config.max_steps)
 
     def set_lr() -> None:
         if config.lr_schedule == "constant":
@@ -320,6 +369,7 @@ def fit(flow: Flow, train: torch.Tensor | EndlessSamples, val: torch.Tensor | No
         bad_rounds, first_epoch = loop["bad_rounds"], loop["epoch"]
         history = History(records=list(loop["records"]), best_epoch=loop["best_epoch"],
                           best_val_nll=loop["best_val"], steps=loop["steps"],
+                          initial_val_nll=loop.get("initial_val"),
                           cpu_seconds=loop["cpu_seconds"], wall_seconds=loop["wall_seconds"])
         torch.set_rng_state(resume["rng"].cpu())
     cpu_start = time.process_time() - history.cpu_seconds
@@ -337,13 +387,26 @@ def fit(flow: Flow, train: torch.Tensor | EndlessSamples, val: torch.Tensor | No
             "rng": torch.get_rng_state(), "train_config": config.loop_settings(),
             "loop": {"epoch": epoch, "steps": history.steps, "best_val": history.best_val_nll,
                      "best_epoch": history.best_epoch, "bad_rounds": bad_rounds,
+                     "initial_val": history.initial_val_nll,
                      "records": history.records, "cpu_seconds": history.cpu_seconds,
                      "wall_seconds": history.wall_seconds,
                      "stop_reason": history.stop_reason},
         }, checkpoint)
 
+    def validate() -> float:
+        try:
+            return float(evaluate(flow, val)[0].mean())
+        except ODESolverError:
+            return math.nan
+
     if resume is None:
         torch.manual_seed(config.seed)
+        if val is not None:
+            # The starting weights compete too: a second phase (a fine-tune) that never
+            # improves on them keeps them.
+            history.initial_val_nll = validate()
+            if math.isfinite(history.initial_val_nll):
+                best_val = history.best_val_nll = history.initial_val_nll
     flow.train()
     bar = tqdm(total=total_steps, initial=history.steps, desc=desc, unit="step",
                disable=(not progress) if progress is not None else None, dynamic_ncols=True)
@@ -353,23 +416,31 @@ def fit(flow: Flow, train: torch.Tensor | EndlessSamples, val: torch.Tensor | No
     stop = None if stop == "time budget" else stop
     val_nll = None
     for epoch in range(first_epoch, config.epochs):
-        if stop is None and out_of_time():
+        # A fresh run always takes its first step (and so leaves a checkpoint), however
+        # much of a tiny budget its setup and first validation used.
+        if stop is None and history.steps > 0 and out_of_time():
             stop = "time budget"
         if stop is not None:
             break
         losses, nfe_f, nfe_b = [], [], []
         for batch in source.batches(epoch, config.batch_size):
-            x = batch.to(flow.device, flow.dtype)
+            if history.steps >= total_steps:
+                stop = "steps"
+                break
+            x, context = (batch, None) if isinstance(batch, torch.Tensor) else \
+                (batch[0], batch[1] if len(batch) > 1 else None)
+            x = x.to(flow.device, flow.dtype)
+            if context is not None:
+                context = context.to(flow.device, flow.dtype)
             if augment is not None:
                 x = augment(x)
             try:
-                loss = -flow.log_prob(x).mean()
-                penalty = flow.regularization() if hasattr(flow, "regularization") else 0.0
+                loss, report = objective(flow, x, context)
                 optimizer.zero_grad(set_to_none=True)
                 if not torch.isfinite(loss):
                     stop = "non-finite loss"
                     break
-                (loss + penalty).backward()
+                loss.backward()
             except ODESolverError:
                 # A blown-up field: stop like a non-finite loss, keeping the best weights.
                 stop = "non-finite loss"
@@ -382,7 +453,7 @@ def fit(flow: Flow, train: torch.Tensor | EndlessSamples, val: torch.Tensor | No
             set_lr()
             optimizer.step()
             history.steps += 1
-            losses.append(loss.item())
+            losses.append(float(report))
             forward, backward = _nfe(flow)
             if forward is not None:
                 nfe_f.append(forward)
@@ -394,10 +465,7 @@ def fit(flow: Flow, train: torch.Tensor | EndlessSamples, val: torch.Tensor | No
                 stop = "time budget"
                 break
         if val is not None:
-            try:
-                val_nll = float(evaluate(flow, val)[0].mean())
-            except ODESolverError:
-                val_nll = math.nan
+            val_nll = validate()
             if not math.isfinite(val_nll):
                 stop = "non-finite loss"
             if val_nll < best_val:
@@ -426,6 +494,8 @@ def fit(flow: Flow, train: torch.Tensor | EndlessSamples, val: torch.Tensor | No
             stop = "time budget"
         if stop is None and epoch + 1 == config.epochs:
             stop = "epochs"
+        if stop is None and history.steps >= total_steps:
+            stop = "steps"
         history.stop_reason = stop  # None while the run goes on
         save(epoch + 1)
         if on_epoch is not None:

@@ -3,6 +3,7 @@ seeding, time budget, and a D-dimensional CNF fitted to a known density."""
 
 from __future__ import annotations
 
+import copy
 import math
 import shutil
 
@@ -61,7 +62,7 @@ def test_early_stopping_restores_the_best_validation_weights(tmp_path):
     flow.set_normalization(data)
     # A learning rate this large makes the validation NLL wander; patience 1 stops at the
     # first epoch without a new best, and the restored weights are those of the best.
-    snapshots = {}
+    snapshots = {0: {"last_model": copy.deepcopy(flow.state_dict())}}
     history = fit(flow, data[:192], data[192:],
                   TrainConfig(epochs=30, batch_size=32, lr=0.3, patience=1, min_epoch_steps=1),
                   checkpoint=tmp_path / "ck.pt", progress=False,
@@ -69,8 +70,9 @@ def test_early_stopping_restores_the_best_validation_weights(tmp_path):
                       {r["epoch"]: torch.load(tmp_path / "ck.pt", weights_only=True)}))
     assert history.stop_reason == "early stopping"
     assert history.best_epoch < history.epochs_run
-    vals = [r["val_nll"] for r in history.records]
-    assert history.best_val_nll == min(vals) == vals[history.best_epoch - 1]
+    # The initial weights compete as "epoch 0".
+    vals = [history.initial_val_nll] + [r["val_nll"] for r in history.records]
+    assert history.best_val_nll == min(vals) == vals[history.best_epoch]
     best = snapshots[history.best_epoch]["last_model"]
     for name, value in flow.state_dict().items():
         torch.testing.assert_close(value, best[name], rtol=0, atol=0)

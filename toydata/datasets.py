@@ -275,6 +275,34 @@ class TwoMoons(ToyDataset):
     def _sample(self, n: int, seed: int | None) -> np.ndarray:
         return make_moons(n, noise=self.noise, random_state=seed)[0]
 
+    def sample_with_labels(self, n: int, seed: int | None = None
+                           ) -> tuple[np.ndarray, np.ndarray]:
+        """The points of :meth:`sample` (the same for a seed) with their moon: 0 outer,
+        1 inner; a conditional density model's data."""
+        x, labels = make_moons(check_n(n), noise=self.noise, random_state=check_seed(seed))
+        return np.ascontiguousarray(x, dtype=np.float64), labels.astype(np.int64)
+
+    def conditional_log_prob(self, x: np.ndarray, label: int | np.ndarray) -> np.ndarray:
+        """Exact ``log p(x | moon)``: one arc, ``t`` uniform on [0, pi], noise 0.1.
+
+        ``label`` is 0 (outer) or 1 (inner), or one such label per point.
+        """
+        x = check_points(x, dim=2)
+        labels = np.broadcast_to(np.asarray(label), (len(x),))
+        if not np.isin(labels, (0, 1)).all():
+            raise ValueError(f"label must be 0 (outer moon) or 1 (inner moon), got "
+                             f"{sorted(set(labels.tolist()) - {0, 1})[:5]}")
+        curves, logw = self._nodes(self._panels, self._order)
+        half = len(logw) // 2
+        out = np.empty(len(x))
+        for moon in (0, 1):
+            rows = labels == moon
+            if rows.any():
+                # The arc's own density: its nodes' weights without the mixture's 1/2.
+                out[rows] = _curve_log_density(x[rows], [curves[moon]],
+                                               logw[:half] + math.log(2.0), self.noise)
+        return out
+
     def _nodes(self, panels: int, order: int):
         t, w = gauss_legendre(0.0, math.pi, panels, order)
         outer = (np.cos(t), np.sin(t))

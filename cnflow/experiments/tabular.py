@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 import toydata
-from cnflow.density import FitConfig, build_cnf, dequantizer, load_data
+from cnflow.density import FitConfig, build_cnf, dequantizer, load_data, train_phases
 from cnflow.flows.base import Flow
 from cnflow.runs import environment, write_text
 from cnflow.training import TrainConfig, evaluate, fit, mean_and_stderr
@@ -49,7 +49,14 @@ _SKLEARN = {"wine": "load_wine", "breast_cancer": "load_breast_cancer",
             "digits": "load_digits"}
 _GENERATED_ROWS = {"train": 10000, "val": 1000, "test": 5000}
 SETS = ("wine", "breast_cancer", "digits", "mnist_pca16", "mix4", "mix8", "mix16")
-MODELS = ("cnflow", "zuko_nsf", "zuko_maf", "zuko_cnf")
+MODELS = ("cnflow", "zuko_nsf", "zuko_maf", "zuko_cnf", "cnflow_mle", "cnflow_fm",
+          "cnflow_otfm", "cnflow_otfm_ft")
+# cnflow with a given objective (FitConfig overrides); "cnflow" is the default fit.
+OBJECTIVE_MODELS: dict[str, dict[str, Any]] = {
+    "cnflow": {}, "cnflow_mle": {"objective": "mle"}, "cnflow_fm": {"objective": "fm"},
+    "cnflow_otfm": {"objective": "otfm", "finetune": 0},
+    "cnflow_otfm_ft": {"objective": "otfm", "finetune": 300},
+}
 # The defaults sweep: ``cnflow fit``'s settings for files against the alternatives that
 # were candidates (FitConfig overrides; {} is the default itself).
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -195,6 +202,16 @@ def _zuko_model(model: str, dim: int) -> ZukoFlow:
 # ----------------------------------------------------------------------------- one fit
 
 
+def _cnflow_config(folder: Path, model: str, seed: int, budget: float,
+                   overrides: dict[str, Any] | None) -> FitConfig:
+    """``cnflow fit train.npy --val val.npy --test test.npy`` with the budget (and, for the
+    cnflow models, their objective); zuko's fits read the data through it too."""
+    return FitConfig(dataset=str(folder / "train.npy"), val=str(folder / "val.npy"),
+                     test=str(folder / "test.npy"), dequantize=True, seed=seed,
+                     max_time=budget, epochs=10**6, **OBJECTIVE_MODELS.get(model, {}),
+                     **(overrides or {}))
+
+
 def run_one(name: str, model: str, seed: int, budget: float, work: str,
             cnflow_overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """One fit of ``model`` on ``name``'s split ``seed``; returns its measured numbers."""
@@ -206,21 +223,21 @@ def run_one(name: str, model: str, seed: int, budget: float, work: str,
         if not (folder / f"{part}.npy").exists():
             np.save(folder / f"{part}.npy", rows)
     # Dequantisation only touches integer-valued columns (digits' pixels, some of wine's).
-    config = FitConfig(dataset=str(folder / "train.npy"), val=str(folder / "val.npy"),
-                       test=str(folder / "test.npy"), dequantize=True, seed=seed,
-                       max_time=budget, epochs=10**6, **(cnflow_overrides or {}))
+    config = _cnflow_config(folder, model, seed, budget, cnflow_overrides)
     cpu0 = time.process_time()
     data = load_data(config)
     torch.manual_seed(seed)
-    if model == "cnflow":
+    if model in OBJECTIVE_MODELS:
         flow = build_cnf(config, data.dim)
-        loop: TrainConfig = config
+        flow.set_normalization(data.normalization)
+        # The phases of `cnflow fit` (a flow-matching objective, then its fine-tune).
+        history = train_phases(config, data, flow, None, None, False, {})
     else:
         flow = _zuko_model(model, data.dim)
         loop = TrainConfig(epochs=10**6, batch_size=256, lr=1e-3, max_time=budget, seed=seed)
-    flow.set_normalization(data.normalization)
-    history = fit(flow, data.train, data.val, loop, augment=dequantizer(data),
-                  progress=False)
+        flow.set_normalization(data.normalization)
+        history = fit(flow, data.train, data.val, loop, augment=dequantizer(data),
+                      progress=False)
     test, _ = evaluate(flow, data.test)
     nll, stderr = mean_and_stderr(test)
     return {"set": name, "model": model, "seed": seed, "dim": data.dim,
@@ -231,7 +248,9 @@ def run_one(name: str, model: str, seed: int, budget: float, work: str,
             "fit_cpu_seconds": history.cpu_seconds,
             "total_cpu_seconds": time.process_time() - cpu0,
             "parameters": sum(p.numel() for p in flow.parameters()),
-            "nfe_forward_mean": history.summary()["nfe_forward_mean"]}
+            "nfe_forward_mean": history.summary()["nfe_forward_mean"],
+            **({"objective": config.objective, "finetune": config.finetune}
+               if model in OBJECTIVE_MODELS else {})}
 
 
 def full_run(variant: str, work: str) -> dict[str, Any]:
@@ -319,11 +338,22 @@ def run(config: TabularConfig, work: str | Path, reuse: bool = True,
     cache = work / "results.jsonl"
 
     def key(row_or_job) -> tuple:
+        # A cnflow fit is keyed by its objective too, so a cached fit made under other
+        # defaults is not taken for the current default's (rows from before objectives
+        # existed were maximum likelihood).
         if isinstance(row_or_job, dict):
             r = row_or_job
-            return r["set"], r["model"], r["seed"], json.dumps(r["overrides"], sort_keys=True)
+            objective = (r.get("objective", "mle"), r.get("finetune", 0)) \
+                if r["model"] in OBJECTIVE_MODELS else None
+            return (r["set"], r["model"], r["seed"], json.dumps(r["overrides"], sort_keys=True),
+                    objective)
         s, m, seed, variant = row_or_job
-        return s, m, seed, json.dumps(VARIANTS.get(variant, {}), sort_keys=True)
+        overrides = VARIANTS.get(variant, {})
+        objective = None
+        if m in OBJECTIVE_MODELS:
+            resolved = _cnflow_config(Path("x"), m, seed, config.budget, overrides)
+            objective = (resolved.objective, resolved.finetune)
+        return s, m, seed, json.dumps(overrides, sort_keys=True), objective
 
     cached: dict[tuple, dict] = {}
     if reuse and cache.exists():
@@ -339,7 +369,7 @@ def run(config: TabularConfig, work: str | Path, reuse: bool = True,
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=config.jobs, mp_context=context) as pool:
         futures = {pool.submit(run_one, s, m, seed, config.budget, str(work), json.loads(o)):
-                   (s, m, seed, o) for s, m, seed, o in todo}
+                   (s, m, seed, o) for s, m, seed, o, _ in todo}
         for future in as_completed(futures):
             s, m, seed, o = futures[future]
             row = {**future.result(), "budget": config.budget, "overrides": json.loads(o)}

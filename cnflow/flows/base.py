@@ -29,13 +29,21 @@ class Flow(nn.Module):
         ``log p(x) = log N(z) + log_det``;
         ``from_base(z) -> (x, log_det)`` with ``log_det = log|det ∂x/∂z|``, so that
         ``log p(x) = log N(z) − log_det``.
+
+    A conditional flow (``context_dim > 0``) models ``p(x | c)``: its ``to_base`` and
+    ``from_base`` also take ``context=`` (one ``(n, context_dim)`` row per point), and every
+    method here takes ``context`` with the ``torch.distributions`` broadcasting rules, as in
+    zuko: ``log_prob(x, context=c)`` broadcasts the batch shapes ``x.shape[:-1]`` and
+    ``c.shape[:-1]``; ``sample(shape, context=c)`` returns ``(*shape, *c.shape[:-1], dim)``.
     """
 
-    def __init__(self, dim: int):
+    def __init__(self, dim: int, context_dim: int = 0):
         super().__init__()
         if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
             raise ValueError(f"dim must be a positive integer, got {dim!r}")
-        self.dim = dim
+        if isinstance(context_dim, bool) or not isinstance(context_dim, int) or context_dim < 0:
+            raise ValueError(f"context_dim must be a non-negative integer, got {context_dim!r}")
+        self.dim, self.context_dim = dim, context_dim
         # A buffer tells which device and dtype samples must be drawn on.
         self.register_buffer("_anchor", torch.zeros(()), persistent=False)
 
@@ -59,44 +67,86 @@ class Flow(nn.Module):
     def from_base(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
 
-    def check_points(self, x: torch.Tensor, name: str = "x") -> torch.Tensor:
-        """Validate a batch of points of shape ``(..., dim)``; returns it on the flow's device."""
+    def check_points(self, x: torch.Tensor, name: str = "x", width: int | None = None
+                     ) -> torch.Tensor:
+        """Validate a batch of shape ``(..., width)`` (default ``dim``); returns it in the
+        flow's device and dtype."""
+        width = self.dim if width is None else width
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-        if x.dim() < 1 or x.shape[-1] != self.dim:
-            raise ValueError(f"{name} must have shape (..., {self.dim}), got {tuple(x.shape)}")
+        if x.dim() < 1 or x.shape[-1] != width:
+            raise ValueError(f"{name} must have shape (..., {width}), got {tuple(x.shape)}")
         if not x.is_floating_point():
             raise TypeError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
         bad = ~torch.isfinite(x).all(-1)
         if bad.any():
             rows = torch.nonzero(bad.reshape(-1)).reshape(-1)[:5].tolist()
             raise ValueError(f"{name} has NaN or infinite entries in rows {rows} (first five)")
-        return x.to(self._anchor.device)
+        # Another float dtype is computed in the flow's (a float64 batch through a float32
+        # flow would otherwise fail deep inside a matrix product).
+        return x.to(self._anchor.device, self._anchor.dtype)
 
-    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+    def check_context(self, context: torch.Tensor | None) -> torch.Tensor | None:
+        """Validate ``context`` against ``context_dim`` (required iff the flow is conditional)."""
+        if self.context_dim == 0:
+            if context is not None:
+                raise ValueError(f"this {type(self).__name__} is unconditional "
+                                 "(context_dim=0); it takes no context")
+            return None
+        if context is None:
+            raise ValueError(f"this {type(self).__name__} is conditional: pass context= of "
+                             f"shape (..., {self.context_dim})")
+        return self.check_points(context, "context", self.context_dim)
+
+    def _context_kwargs(self, context: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        return {} if context is None else {"context": context}
+
+    def _broadcast(self, x: torch.Tensor, context: torch.Tensor | None
+                   ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Size]:
+        """Flatten ``x`` (and ``context``, broadcast against it) to rows; the batch shape."""
+        if context is None:
+            return x.reshape(-1, self.dim), None, x.shape[:-1]
+        try:
+            batch = torch.broadcast_shapes(x.shape[:-1], context.shape[:-1])
+        except RuntimeError:
+            raise ValueError(f"the batch shapes of x {tuple(x.shape[:-1])} and context "
+                             f"{tuple(context.shape[:-1])} do not broadcast") from None
+        return (x.expand(*batch, self.dim).reshape(-1, self.dim),
+                context.expand(*batch, self.context_dim).reshape(-1, self.context_dim), batch)
+
+    def log_prob(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         """Log-density of ``x`` (shape ``(..., dim)``) in the caller's coordinates."""
-        x = self.check_points(x)
-        batch = x.shape[:-1]
-        z, log_det = self.to_base(x.reshape(-1, self.dim))
+        x, context = self.check_points(x), self.check_context(context)
+        rows, context, batch = self._broadcast(x, context)
+        if len(rows) == 0:
+            return rows.new_zeros(batch)
+        z, log_det = self.to_base(rows, **self._context_kwargs(context))
         return (standard_normal_log_prob(z) + log_det).reshape(batch)
 
-    def _base_sample(self, shape: Shape) -> torch.Tensor:
+    def _base_sample(self, shape: Shape, context: torch.Tensor | None = None) -> torch.Tensor:
         shape = torch.Size([shape] if isinstance(shape, int) else shape)
+        if context is not None:
+            shape = shape + context.shape[:-1]
         return torch.randn(*shape, self.dim, device=self._anchor.device, dtype=self._anchor.dtype)
 
-    def sample_and_log_prob(self, shape: Shape = ()) -> tuple[torch.Tensor, torch.Tensor]:
-        """Reparameterised samples of ``shape`` and their log-density, from one pass."""
-        z = self._base_sample(shape)
-        batch = z.shape[:-1]
-        x, log_det = self.from_base(z.reshape(-1, self.dim))
-        log_p = standard_normal_log_prob(z.reshape(-1, self.dim)) - log_det
+    def sample_and_log_prob(self, shape: Shape = (), context: torch.Tensor | None = None
+                            ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Reparameterised samples of ``(*shape, *context.shape[:-1])`` and their
+        log-density, from one pass."""
+        context = self.check_context(context)
+        z = self._base_sample(shape, context)
+        rows, context, batch = self._broadcast(z, context)
+        if len(rows) == 0:
+            return z, z.new_zeros(batch)
+        x, log_det = self.from_base(rows, **self._context_kwargs(context))
+        log_p = standard_normal_log_prob(rows) - log_det
         return x.reshape(*batch, self.dim), log_p.reshape(batch)
 
-    def rsample(self, shape: Shape = ()) -> torch.Tensor:
+    def rsample(self, shape: Shape = (), context: torch.Tensor | None = None) -> torch.Tensor:
         """Reparameterised samples: gradients flow to the flow's parameters."""
-        return self.sample_and_log_prob(shape)[0]
+        return self.sample_and_log_prob(shape, context)[0]
 
     @torch.no_grad()
-    def sample(self, shape: Shape = ()) -> torch.Tensor:
-        """Samples of shape ``(*shape, dim)``, without a graph."""
-        return self.rsample(shape)
+    def sample(self, shape: Shape = (), context: torch.Tensor | None = None) -> torch.Tensor:
+        """Samples of shape ``(*shape, *context.shape[:-1], dim)``, without a graph."""
+        return self.rsample(shape, context)

@@ -30,13 +30,37 @@ TRACE_MODES = ("auto", "closed_form", "exact", "hutchinson")
 NOISE_KINDS = ("rademacher", "gaussian")
 
 
+def _conditioning(t: torch.Tensor, context: torch.Tensor | None, rows: int,
+                  dtype: torch.dtype) -> torch.Tensor:
+    """The network input ``[t, c]``: one row ``(1, 1 + k)`` when every point shares it (an
+    ODE solve without context), else one row per point ``(rows, 1 + k)``.
+
+    ``t`` is a scalar, or one time per point (flow matching regresses each point at its own
+    time); ``context`` is None or ``(rows, k)``.
+    """
+    t = t.to(dtype).reshape(-1, 1)
+    if t.shape[0] not in (1, rows):
+        raise ValueError(f"t must be a scalar or hold one time per point ({rows}), got shape "
+                         f"{tuple(t.shape)}")
+    if context is None:
+        return t
+    return torch.cat([t.expand(context.shape[0], 1), context.to(dtype)], 1)
+
+
+def _check_size(name: str, value: int, minimum: int = 1) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        kind = "a positive" if minimum == 1 else "a non-negative"
+        raise ValueError(f"{name} must be {kind} integer, got {value!r}")
+
+
 class GatedHyperDynamics(nn.Module):
     """The paper's gated, time-dependent CNF layer with a closed-form trace.
 
     Args:
         dim: data dimension D.
         width: number of hidden units M.
-        hidden: width of the hypernetwork ``t -> (W, U, b, gate)``.
+        hidden: width of the hypernetwork ``(t, c) -> (W, U, b, gate)``.
+        context_dim: size k of the context ``c`` of a conditional flow (0: none).
 
     The hypernetwork's output layer starts at zero for ``U``, so an untrained flow is the
     identity map: training starts from the base density and from cheap solves.
@@ -44,15 +68,15 @@ class GatedHyperDynamics(nn.Module):
 
     closed_form_trace = True
 
-    def __init__(self, dim: int, width: int = 64, hidden: int = 32):
+    def __init__(self, dim: int, width: int = 64, hidden: int = 32, context_dim: int = 0):
         super().__init__()
         for name, value in (("dim", dim), ("width", width), ("hidden", hidden)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        self.dim, self.width = dim, width
+            _check_size(name, value)
+        _check_size("context_dim", context_dim, minimum=0)
+        self.dim, self.width, self.context_dim = dim, width, context_dim
         self.hyper = nn.Sequential(
-            nn.Linear(1, hidden), nn.Tanh(), nn.Linear(hidden, hidden), nn.Tanh(),
-            nn.Linear(hidden, 2 * width * dim + 2 * width),
+            nn.Linear(1 + context_dim, hidden), nn.Tanh(), nn.Linear(hidden, hidden),
+            nn.Tanh(), nn.Linear(hidden, 2 * width * dim + 2 * width),
         )
         with torch.no_grad():
             out = self.hyper[-1]
@@ -60,40 +84,56 @@ class GatedHyperDynamics(nn.Module):
             out.weight[u].zero_()
             out.bias[u].zero_()
 
-    def unit_parameters(self, t: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """``W (M, D)``, gated ``σ ⊙ U (M, D)`` and ``b (M,)`` at time ``t``."""
+    def unit_parameters(self, t: torch.Tensor, context: torch.Tensor | None = None,
+                        rows: int = 1) -> tuple[torch.Tensor, ...]:
+        """``W``, gated ``σ ⊙ U`` and ``b`` at ``(t, c)``: shapes ``(M, D)``, ``(M, D)``,
+        ``(M,)`` when all points share them, else ``(rows, M, D)``, ``(rows, M, D)``,
+        ``(rows, M)``."""
         m, d = self.width, self.dim
-        params = self.hyper(t.reshape(1, 1).to(self.hyper[0].weight.dtype)).reshape(-1)
-        w = params[: m * d].view(m, d)
-        u = params[m * d: 2 * m * d].view(m, d)
-        b = params[2 * m * d: 2 * m * d + m]
-        gate = torch.sigmoid(params[2 * m * d + m:])
-        return w, gate[:, None] * u, b
+        params = self.hyper(_conditioning(t, context, rows, self.hyper[0].weight.dtype))
+        w = params[:, : m * d].reshape(-1, m, d)
+        u = params[:, m * d: 2 * m * d].reshape(-1, m, d)
+        b = params[:, 2 * m * d: 2 * m * d + m]
+        gated = torch.sigmoid(params[:, 2 * m * d + m:])[:, :, None] * u
+        if params.shape[0] == 1:
+            return w[0], gated[0], b[0]
+        return w, gated, b
 
-    def forward(self, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        w, u, b = self.unit_parameters(t)
-        return torch.tanh(torch.addmm(b, z, w.t())) @ u
+    def _hidden(self, t, z, context):
+        w, u, b = self.unit_parameters(t, context, len(z))
+        if w.dim() == 2:  # shared by all points: one matrix product
+            return torch.tanh(torch.addmm(b, z, w.t())), w, u
+        return torch.tanh(torch.einsum("nmd,nd->nm", w, z) + b), w, u
 
-    def forward_with_trace(self, t: torch.Tensor, z: torch.Tensor
+    def forward(self, t: torch.Tensor, z: torch.Tensor,
+                context: torch.Tensor | None = None) -> torch.Tensor:
+        h, _, u = self._hidden(t, z, context)
+        return h @ u if u.dim() == 2 else torch.einsum("nm,nmd->nd", h, u)
+
+    def forward_with_trace(self, t: torch.Tensor, z: torch.Tensor,
+                           context: torch.Tensor | None = None
                            ) -> tuple[torch.Tensor, torch.Tensor]:
         """``f(z, t)`` and ``tr(∂f/∂z)`` per point, in closed form."""
-        w, u, b = self.unit_parameters(t)
-        h = torch.tanh(torch.addmm(b, z, w.t()))
-        return h @ u, (1 - h * h) @ (u * w).sum(1)
+        h, w, u = self._hidden(t, z, context)
+        if u.dim() == 2:
+            return h @ u, (1 - h * h) @ (u * w).sum(1)
+        return (torch.einsum("nm,nmd->nd", h, u),
+                ((1 - h * h) * (u * w).sum(2)).sum(1))
 
 
 class ConcatSquash(nn.Module):
-    """``(W x + b) · σ(a t + c) + d t``: a linear layer modulated by time (FFJORD)."""
+    """``(W x + b) · σ(A [t, c] + a) + B [t, c]``: a linear layer modulated by time and
+    context (FFJORD)."""
 
-    def __init__(self, n_in: int, n_out: int):
+    def __init__(self, n_in: int, n_out: int, context_dim: int = 0):
         super().__init__()
         self.linear = nn.Linear(n_in, n_out)
-        self.gate = nn.Linear(1, n_out)
-        self.shift = nn.Linear(1, n_out, bias=False)
+        self.gate = nn.Linear(1 + context_dim, n_out)
+        self.shift = nn.Linear(1 + context_dim, n_out, bias=False)
 
-    def forward(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        tt = t.reshape(1, 1).to(x.dtype)
-        return self.linear(x) * torch.sigmoid(self.gate(tt)) + self.shift(tt)
+    def forward(self, condition: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """``condition``: the ``[t, c]`` rows of :func:`_conditioning`."""
+        return self.linear(x) * torch.sigmoid(self.gate(condition)) + self.shift(condition)
 
 
 class ConcatSquashMLP(nn.Module):
@@ -103,62 +143,72 @@ class ConcatSquashMLP(nn.Module):
         dim: data dimension.
         hidden: widths of the hidden layers.
         activation: ``"tanh"`` or ``"softplus"``.
+        context_dim: size k of the context of a conditional flow (0: none); every layer
+            takes it beside t.
     """
 
     closed_form_trace = False
 
     def __init__(self, dim: int, hidden: tuple[int, ...] = (64, 64, 64),
-                 activation: str = "tanh"):
+                 activation: str = "tanh", context_dim: int = 0):
         super().__init__()
+        _check_size("dim", dim)
+        _check_size("context_dim", context_dim, minimum=0)
         acts = {"tanh": nn.Tanh, "softplus": nn.Softplus}
         if activation not in acts:
             raise ValueError(f"activation={activation!r} is not one of {list(acts)}")
+        self.dim, self.context_dim = dim, context_dim
         sizes = [dim, *hidden, dim]
-        self.layers = nn.ModuleList(ConcatSquash(a, b) for a, b in pairwise(sizes))
+        self.layers = nn.ModuleList(ConcatSquash(a, b, context_dim) for a, b in pairwise(sizes))
         self.act = acts[activation]()
 
-    def forward(self, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    def forward(self, t: torch.Tensor, z: torch.Tensor,
+                context: torch.Tensor | None = None) -> torch.Tensor:
+        condition = _conditioning(t, context, len(z), z.dtype)
         h = z
         for i, layer in enumerate(self.layers):
-            h = layer(t, h)
+            h = layer(condition, h)
             if i < len(self.layers) - 1:
                 h = self.act(h)
         return h
 
 
-class _JointField(nn.Module):
-    """The vector field of ``[z, log-density change, regularisers]`` solved together."""
+class _JointField:
+    """The vector field of ``[z, log-density change, regularisers]`` for one solve.
 
-    def __init__(self, dynamics: nn.Module, dim: int):
-        super().__init__()
-        self.dynamics = dynamics
-        self.dim = dim
-        self.trace = "closed_form"
-        self.noise: torch.Tensor | None = None
-        self.kinetic = False
-        self.jacobian = False
+    Its trace mode, noise and context are fixed when the solve starts: the adjoint's
+    backward pass runs the field again later, and must see the same ones even if other
+    solves ran in between.
+    """
 
-    def forward(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def __init__(self, dynamics: nn.Module, dim: int, trace: str,
+                 noise: torch.Tensor | None = None, context: torch.Tensor | None = None,
+                 kinetic: bool = False, jacobian: bool = False):
+        self.dynamics, self.dim, self.trace, self.noise = dynamics, dim, trace, noise
+        self.kwargs = {} if context is None else {"context": context}
+        self.kinetic, self.jacobian = kinetic, jacobian
+        self.inputs_need_grad = any(p.requires_grad for p in dynamics.parameters()) or (
+            context is not None and context.requires_grad)
+
+    def __call__(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         z = y[:, : self.dim]
         columns = []
         if self.trace == "closed_form" and not self.jacobian:
-            dz, trace = self.dynamics.forward_with_trace(t, z)
+            dz, trace = self.dynamics.forward_with_trace(t, z, **self.kwargs)
         else:
             # Keep the graph of the trace only when gradients will flow through it.
-            create = torch.is_grad_enabled() and (z.requires_grad or any(
-                p.requires_grad for p in self.dynamics.parameters()))
+            create = torch.is_grad_enabled() and (z.requires_grad or self.inputs_need_grad)
             with torch.enable_grad():
                 if not (create and z.requires_grad):
                     # A fresh leaf: z may be a no-grad view of a tensor that requires grad.
                     z = z.detach().requires_grad_(True)
                 if self.trace == "closed_form":
-                    dz, trace = self.dynamics.forward_with_trace(t, z)
+                    dz, trace = self.dynamics.forward_with_trace(t, z, **self.kwargs)
                 else:
-                    dz = self.dynamics(t, z)
+                    dz = self.dynamics(t, z, **self.kwargs)
                     trace = self._trace(dz, z, create)
                 if self.jacobian:
-                    eps = self.noise
-                    vjp = torch.autograd.grad(dz, z, eps, create_graph=create)[0]
+                    vjp = torch.autograd.grad(dz, z, self.noise, create_graph=create)[0]
                     columns.append(vjp.pow(2).sum(1, keepdim=True))
             if not create:
                 dz, trace = dz.detach(), trace.detach()
@@ -183,10 +233,14 @@ class CNF(Flow):
     """A continuous normalizing flow that behaves like a torch distribution.
 
     Args:
-        dynamics: the vector field ``f(t, z)``; a :class:`GatedHyperDynamics` gives the
-            closed-form trace, any other module gets the exact autograd trace or
-            Hutchinson's estimator.
+        dynamics: the vector field ``f(t, z)`` (``f(t, z, context)`` for a conditional
+            flow); a :class:`GatedHyperDynamics` gives the closed-form trace, any other
+            module gets the exact autograd trace or Hutchinson's estimator. Flow matching
+            calls it with one time per point (``t`` of shape ``(n,)``), as both of cnflow's
+            dynamics allow.
         dim: data dimension.
+        context_dim: size k of the context of a conditional flow ``p(x | c)`` (0: none);
+            the dynamics must have been built with the same ``context_dim``.
         time: integration horizon T (data at ``t = T``, base at ``t = 0``).
         method: solver method for training and evaluation.
         rtol, atol: tolerances while ``self.training``.
@@ -203,22 +257,40 @@ class CNF(Flow):
             integrated along training solves; add :meth:`regularization` to the loss.
 
     Data normalisation (``set_normalization``) is part of the flow, with its log-det, so
-    ``log_prob`` is always in the caller's coordinates.
+    ``log_prob`` is always in the caller's coordinates; the context is standardised the
+    same way before it reaches the dynamics.
 
     Example:
         >>> flow = CNF(GatedHyperDynamics(dim=2, width=16), dim=2).eval()
         >>> flow.log_prob(torch.zeros(3, 2)).shape
         torch.Size([3])
+        >>> conditional = CNF(GatedHyperDynamics(2, 16, context_dim=1), 2, context_dim=1)
+        >>> conditional.sample(4, context=torch.tensor([[0.0], [1.0]])).shape
+        torch.Size([4, 2, 2])
     """
 
-    def __init__(self, dynamics: nn.Module, dim: int, *, time: float = 1.0,
-                 method: str = "dopri5", rtol: float = 1e-5, atol: float = 1e-5,
-                 eval_rtol: float = 1e-8, eval_atol: float = 1e-8, gradient: str = "adjoint",
-                 trace: str = "auto", noise: str = "rademacher", kinetic: float = 0.0,
-                 jacobian: float = 0.0):
-        super().__init__(dim)
+    def __init__(self, dynamics: nn.Module, dim: int, *, context_dim: int = 0,
+                 time: float = 1.0, method: str = "dopri5", rtol: float = 1e-5,
+                 atol: float = 1e-5, eval_rtol: float = 1e-8, eval_atol: float = 1e-8,
+                 gradient: str = "adjoint", trace: str = "auto", noise: str = "rademacher",
+                 kinetic: float = 0.0, jacobian: float = 0.0):
+        super().__init__(dim, context_dim)
+        if not isinstance(dynamics, nn.Module):
+            raise TypeError(f"dynamics must be an nn.Module, got {type(dynamics).__name__}")
+        for name, expected in (("dim", dim), ("context_dim", context_dim)):
+            declared = getattr(dynamics, name, expected)
+            if declared != expected:
+                raise ValueError(f"dynamics {type(dynamics).__name__} has {name}={declared}, "
+                                 f"but the flow has {name}={expected}")
         if not (isinstance(time, (int, float)) and math.isfinite(time) and time > 0):
             raise ValueError(f"time must be a positive number, got {time!r}")
+        for name, value in (("rtol", rtol), ("atol", atol), ("eval_rtol", eval_rtol),
+                            ("eval_atol", eval_atol)):
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+        for name, value in (("kinetic", kinetic), ("jacobian", jacobian)):
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
         if method not in METHODS:
             raise ValueError(f"method={method!r} is not known; choose one of {list(METHODS)}")
         if gradient not in GRADIENT_MODES:
@@ -233,58 +305,89 @@ class CNF(Flow):
                              f"{type(dynamics).__name__} has none")
         if trace == "auto":
             trace = "closed_form" if has_closed_form else ("exact" if dim <= 8 else "hutchinson")
-        self.field = _JointField(dynamics, dim)
+        # A container, so that the weights are saved as "field.dynamics.*".
+        self.field = nn.ModuleDict({"dynamics": dynamics})
         self.time, self.method, self.gradient = float(time), method, gradient
         self.rtol, self.atol, self.eval_rtol, self.eval_atol = rtol, atol, eval_rtol, eval_atol
         self.train_trace, self.noise_kind = trace, noise
         self.kinetic, self.jacobian = float(kinetic), float(jacobian)
         self.register_buffer("shift", torch.zeros(dim))
         self.register_buffer("log_scale", torch.zeros(dim))
+        if context_dim:
+            self.register_buffer("context_shift", torch.zeros(context_dim))
+            self.register_buffer("context_log_scale", torch.zeros(context_dim))
         self.last_stats: SolveStats | None = None
         self.last_regularization: torch.Tensor | None = None
 
     @property
     def dynamics(self) -> nn.Module:
-        return self.field.dynamics
+        return self.field["dynamics"]
 
     @torch.no_grad()
-    def set_normalization(self, data: torch.Tensor) -> None:
-        """Standardise by the per-dimension mean and standard deviation of ``data``."""
+    def set_normalization(self, data: torch.Tensor, context: torch.Tensor | None = None
+                          ) -> None:
+        """Standardise by the per-dimension mean and standard deviation of ``data`` (and of
+        ``context``, for a conditional flow)."""
         data = self.check_points(data, "data")
         self.shift.copy_(data.mean(0))
         self.log_scale.copy_(data.std(0).clamp_min(1e-6).log())
+        context = self.check_context(context)
+        if context is not None:
+            self.context_shift.copy_(context.mean(0))
+            self.context_log_scale.copy_(context.std(0).clamp_min(1e-6).log())
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """Data coordinates → the standardised coordinates the ODE runs in."""
+        return (x - self.shift) * torch.exp(-self.log_scale)
+
+    def _context_input(self, context: torch.Tensor | None) -> torch.Tensor | None:
+        if context is None:
+            return None
+        return (context - self.context_shift) * torch.exp(-self.context_log_scale)
+
+    def velocity(self, t: torch.Tensor, z: torch.Tensor,
+                 context: torch.Tensor | None = None) -> torch.Tensor:
+        """The vector field ``f(t, z[, c])`` in standardised coordinates (what flow
+        matching regresses); ``t`` is a scalar or one time per row of ``z``."""
+        kwargs = self._context_kwargs(self._context_input(context))
+        return self.dynamics(t, z, **kwargs)
 
     # -- integration ------------------------------------------------------------------
 
-    def _configure(self, z: torch.Tensor) -> tuple[float, float, int]:
-        """Set the trace mode, noise and regularisers for one solve; return tolerances."""
-        field = self.field
+    def _joint_field(self, z: torch.Tensor, context: torch.Tensor | None
+                     ) -> tuple[_JointField, float, float, int]:
+        """The field of one solve (trace mode, noise, regularisers) and its tolerances."""
         training = self.training and torch.is_grad_enabled()
-        exact = "closed_form" if getattr(field.dynamics, "closed_form_trace", False) else "exact"
-        field.trace = self.train_trace if training else exact
-        field.kinetic = training and self.kinetic > 0
-        field.jacobian = training and self.jacobian > 0
-        if field.trace == "hutchinson" or field.jacobian:
+        dynamics = self.dynamics
+        exact = "closed_form" if getattr(dynamics, "closed_form_trace", False) else "exact"
+        trace = self.train_trace if training else exact
+        kinetic, jacobian = training and self.kinetic > 0, training and self.jacobian > 0
+        noise = None
+        if trace == "hutchinson" or jacobian:
             noise = torch.randn_like(z)
-            field.noise = noise.sign() if self.noise_kind == "rademacher" else noise
-        else:
-            field.noise = None
-        extra = int(field.kinetic) + int(field.jacobian)
+            noise = noise.sign() if self.noise_kind == "rademacher" else noise
+        field = _JointField(dynamics, self.dim, trace, noise, self._context_input(context),
+                            kinetic, jacobian)
+        extra = int(kinetic) + int(jacobian)
         if self.training:
-            return self.rtol, self.atol, extra
-        return self.eval_rtol, self.eval_atol, extra
+            return field, self.rtol, self.atol, extra
+        return field, self.eval_rtol, self.eval_atol, extra
 
     def _integrate(self, z: torch.Tensor, times: torch.Tensor, rtol: float | None = None,
-                   atol: float | None = None) -> torch.Tensor:
-        default_rtol, default_atol, extra = self._configure(z)
+                   atol: float | None = None, context: torch.Tensor | None = None
+                   ) -> torch.Tensor:
+        field, default_rtol, default_atol, extra = self._joint_field(z, context)
         y0 = torch.cat([z, z.new_zeros(z.shape[0], 1 + extra)], 1)
         gradient = self.gradient if torch.is_grad_enabled() else "direct"
+        params = tuple(self.dynamics.parameters())
+        if field.kwargs and field.kwargs["context"].requires_grad:
+            params += (field.kwargs["context"],)  # a learnt embedding gets its gradient too
         # Seminorm: the parameter adjoints need no accuracy control of their own, which
         # saves a large share of the backward evaluations.
-        sol = solve(self.field, y0, times.to(z), method=self.method,
+        sol = solve(field, y0, times.to(z), method=self.method,
                     rtol=default_rtol if rtol is None else rtol,
                     atol=default_atol if atol is None else atol, gradient=gradient,
-                    adjoint_options={"norm": "seminorm"})
+                    adjoint_params=params, adjoint_options={"norm": "seminorm"})
         self.last_stats = sol.stats
         ys = sol.ys
         # The regularisers are integrals over [0, T]; solved from T to 0 (data → base, as in
@@ -305,43 +408,51 @@ class CNF(Flow):
     def _log_det_normalization(self) -> torch.Tensor:
         return self.log_scale.sum()
 
-    def to_base(self, x: torch.Tensor, rtol: float | None = None, atol: float | None = None
+    def to_base(self, x: torch.Tensor, context: torch.Tensor | None = None, *,
+                rtol: float | None = None, atol: float | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Data → base: ``z`` and ``log|det ∂z/∂x|``."""
-        z = (x - self.shift) * torch.exp(-self.log_scale)
+        """Data → base for rows ``x`` ``(n, dim)`` (and ``context`` ``(n, k)``): ``z`` and
+        ``log|det ∂z/∂x|``."""
         times = torch.tensor([self.time, 0.0])
-        end = self._integrate(z, times, rtol, atol)[-1]
+        end = self._integrate(self.normalize(x), times, rtol, atol, context)[-1]
         # Integrated backwards, ℓ(0) = log p_0(z_0) − log p_T(x_n) = −log|det ∂z_0/∂x_n|.
         return end[:, : self.dim], -end[:, self.dim] - self._log_det_normalization()
 
-    def from_base(self, z: torch.Tensor, rtol: float | None = None, atol: float | None = None
+    def from_base(self, z: torch.Tensor, context: torch.Tensor | None = None, *,
+                  rtol: float | None = None, atol: float | None = None
                   ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Base → data: ``x`` and ``log|det ∂x/∂z|``."""
-        end = self._integrate(z, torch.tensor([0.0, self.time]), rtol, atol)[-1]
+        """Base → data for rows ``z`` (and ``context``): ``x`` and ``log|det ∂x/∂z|``."""
+        end = self._integrate(z, torch.tensor([0.0, self.time]), rtol, atol, context)[-1]
         x = end[:, : self.dim] * torch.exp(self.log_scale) + self.shift
         return x, -end[:, self.dim] + self._log_det_normalization()
 
-    def log_prob(self, x: torch.Tensor, *, rtol: float | None = None,
-                 atol: float | None = None) -> torch.Tensor:
-        """Exact log-density of ``x`` (shape ``(..., dim)``) in the caller's coordinates.
+    def log_prob(self, x: torch.Tensor, context: torch.Tensor | None = None, *,
+                 rtol: float | None = None, atol: float | None = None) -> torch.Tensor:
+        """Exact log-density of ``x`` (shape ``(..., dim)``) in the caller's coordinates,
+        given ``context`` (shape ``(..., context_dim)``, broadcast against ``x``) for a
+        conditional flow.
 
         In eval mode the trace is exact and the default tolerances are ``eval_rtol`` /
         ``eval_atol``; pass ``rtol``/``atol`` to override them for this call.
         """
-        x = self.check_points(x)
-        batch = x.shape[:-1]
-        z, log_det = self.to_base(x.reshape(-1, self.dim), rtol, atol)
+        x, context = self.check_points(x), self.check_context(context)
+        rows, context, batch = self._broadcast(x, context)
+        if len(rows) == 0:
+            return rows.new_zeros(batch)
+        z, log_det = self.to_base(rows, context, rtol=rtol, atol=atol)
         return (standard_normal_log_prob(z) + log_det).reshape(batch)
 
-    def trajectory(self, z: torch.Tensor, times: torch.Tensor) -> torch.Tensor:
-        """States at ``times`` (fractions of T in [0, 1]) starting from base points ``z``.
+    def trajectory(self, z: torch.Tensor, times: torch.Tensor,
+                   context: torch.Tensor | None = None) -> torch.Tensor:
+        """States at ``times`` (fractions of T in [0, 1]) starting from base points ``z``
+        (rows ``(n, dim)``, with ``context`` rows ``(n, k)`` for a conditional flow).
 
         Returns shape ``(len(times), n, dim)`` in data coordinates at every time (the
         normalisation is applied throughout, so snapshots share the data's axes).
         """
-        z = self.check_points(z, "z")
+        z, context = self.check_points(z, "z"), self.check_context(context)
         times = torch.as_tensor(times, dtype=torch.float64)
         if times.dim() != 1 or (times < 0).any() or (times > 1).any():
             raise ValueError(f"times must be a 1-D tensor of fractions in [0, 1], got {times}")
-        ys = self._integrate(z, times * self.time)
+        ys = self._integrate(z, times * self.time, context=context)
         return ys[:, :, : self.dim] * torch.exp(self.log_scale) + self.shift
