@@ -116,7 +116,8 @@ def tabular(out: str, work: str, sets: str, models: str, seeds: int, budget: flo
               show_default=True, help="CPU seconds per tabular fit.")
 @click.option("--jobs", type=click.IntRange(1), default=2, show_default=True,
               help="Runs in parallel, one thread each.")
-@click.option("--fresh", is_flag=True, help="Ignore cached tabular fits.")
+@click.option("--fresh", is_flag=True,
+              help="Run everything again (ignore finished runs and cached fits).")
 def flow_matching(out: str, work: str, seeds: int, budget: float, jobs: int,
                   fresh: bool) -> None:
     """Flow matching vs maximum likelihood: 2-D runs, tables beside zuko's NSF, a

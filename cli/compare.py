@@ -130,7 +130,8 @@ def _command_line(subcommand: str, settings: dict, names: tuple[str, ...]) -> li
         value = settings[name]
         command += [f"--{name.replace('_', '-')}",
                     _join(value) if isinstance(value, tuple) else str(value)]
-    return command
+    # Rerunning it replaces these very results, which a run folder refuses without this.
+    return [*command, "--overwrite"]
 
 
 @click.group("compare")

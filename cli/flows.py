@@ -284,7 +284,10 @@ def fit(data: str, out: str | None, device: str, resume: str | None, no_figures:
                                        f"{error.strerror or error}") from None
     floor = metrics["entropy_floor"]
     gap = "" if floor is None else f"  floor {floor:.4f}  gap {metrics['gap']:+.4f}"
-    click.echo(f"test NLL {metrics['test_nll']:.4f} ± {metrics['test_nll_stderr']:.4f} nats "
+    objective = metrics["objective"] + (f" + {metrics['finetune']} MLE fine-tune steps"
+                                        if metrics["finetune"] else "")
+    click.echo(f"{objective}: test NLL {metrics['test_nll']:.4f} ± "
+               f"{metrics['test_nll_stderr']:.4f} nats "
                f"({metrics['test_nll_per_dim']:.4f} per dim){gap}  best epoch "
                f"{metrics['best_epoch']}/{metrics['epochs_run']} ({metrics['stop_reason']}), "
                f"{metrics['cpu_seconds']:.0f} CPU-s  -> {run_dir}")

@@ -51,7 +51,8 @@ def _command_line(params: dict) -> str:
         args += ["--md", str(params["md"])]
     if not params["figures"]:
         args.append("--no-figures")
-    return shlex.join(args)
+    # Rerunning it replaces these very results, which a run folder refuses without this.
+    return shlex.join([*args, "--overwrite"])
 
 
 @click.command("latent")

@@ -45,12 +45,12 @@ CHECKPOINT_VERSION = 3
 # Version 2 (before conditional models and flow matching) reads as an unconditional MLE run.
 _READABLE_VERSIONS = (2, 3)
 DYNAMICS = ("gated", "concat_squash")
-# Fixed seeds keep training batches, the normalisation sample, the validation sample and
-# the test sample of the built-in datasets disjoint.
 # The objective for each kind of data, and the fine-tune after it, chosen by the
 # measurements of results/flow_matching.md.
 DEFAULT_OBJECTIVE = {"builtin": "mle", "file": "mle"}
 DEFAULT_FINETUNE = {"builtin": 0, "file": 0}
+# Fixed seeds keep training batches, the normalisation sample, the validation sample and
+# the test sample of the built-in datasets disjoint.
 _NORMALIZATION_SEED = 10**6
 _TEST_SEED = 2 * 10**6
 _VAL_SEED = 3 * 10**6
@@ -190,8 +190,8 @@ def build_cnf(config: FitConfig, dim: int = 2, context_dim: int = 0) -> CNF:
     else:
         dynamics = ConcatSquashMLP(dim, hidden=(config.width,) * config.depth,
                                    context_dim=context_dim)
-    return CNF(dynamics, dim=dim, context_dim=context_dim, time=config.time, method=config.method, rtol=config.rtol,
-               atol=config.atol, eval_rtol=config.eval_tol, eval_atol=config.eval_tol,
+    return CNF(dynamics, dim=dim, context_dim=context_dim, time=config.time,
+               method=config.method, rtol=config.rtol, atol=config.atol, eval_rtol=config.eval_tol, eval_atol=config.eval_tol,
                gradient=config.gradient, trace=config.trace, kinetic=config.kinetic,
                jacobian=config.jacobian)
 
@@ -227,6 +227,8 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu"
                               f"this cnflow reads versions {list(_READABLE_VERSIONS)}")
     try:
         state["data"].setdefault("context_columns", [])
+        if state["version"] == 2:  # every version-2 run was maximum likelihood
+            state["config"].update(objective="mle", finetune=0)
         config = FitConfig.from_dict(state["config"])
         flow = build_cnf(config, int(state["data"]["dim"]),
                          len(state["data"]["context_columns"]))
@@ -419,7 +421,8 @@ def _check_resume(config: FitConfig, state: dict[str, Any], resume: str | Path) 
 def fit_run(config: FitConfig, out_dir: str | Path, device: str = "auto",
             resume: str | Path | None = None, progress: bool | None = None,
             figures: bool = True, overwrite: bool = False) -> dict[str, Any]:
-    """Train a CNF on ``config.dataset`` by maximum likelihood and write a run directory.
+    """Train a CNF on ``config.dataset`` (by ``config.objective``, then its fine-tune) and
+    write a run directory.
 
     Args:
         config: the run's settings.
@@ -462,8 +465,8 @@ def fit_run(config: FitConfig, out_dir: str | Path, device: str = "auto",
                        "integer_columns": list(data.integer_columns),
                        "bin_widths": list(data.bin_widths)}
         history = train_phases(config, data, flow, state, out / "checkpoint.pt", progress,
-                         {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION,
-                          "config": asdict(config), "data": description})
+                               {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION,
+                                "config": asdict(config), "data": description})
         test_nll, eval_nfe = evaluate(flow, data.test)
         train_nll = None
         if not isinstance(data.train, EndlessSamples):
@@ -493,7 +496,8 @@ def _first_rows(rows, n: int):
 
 
 def train_phases(config: FitConfig, data: RunData, flow: CNF, state: dict[str, Any] | None,
-           checkpoint: Path, progress: bool | None, extra_state: dict[str, Any]) -> History:
+                 checkpoint: Path | None, progress: bool | None,
+                 extra_state: dict[str, Any]) -> History:
     """Train by ``config.objective``, then (``finetune``) by maximum likelihood.
 
     Each phase is one :func:`cnflow.training.fit`; the checkpoint records the phase, so a
@@ -519,6 +523,7 @@ def train_phases(config: FitConfig, data: RunData, flow: CNF, state: dict[str, A
         record["objective"] = config.objective
     if not config.finetune or main.stop_reason == "non-finite loss":
         return main
+    # The fine-tune is maximum likelihood: its batch and epoch length are mle's defaults.
     settings = {**config.loop_settings(), "lr": config.finetune_lr, "batch_size": 512,
                 "min_epoch_steps": 20, "max_steps": config.finetune}
     if config.max_time is not None:

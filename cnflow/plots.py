@@ -153,7 +153,7 @@ def conditional_panels(flow: Flow, data: np.ndarray, context: np.ndarray, column
     x_axis, y_axis = 0, min(1, data.shape[1] - 1)
     extent = plot_extent(np.asarray(data)[:, [x_axis, y_axis]])
     sns.set_theme(style="white")
-    fig, axes = plt.subplots(2, len(values), figsize=(3.2 * len(values), 6.4), squeeze=False)
+    fig, axes = plt.subplots(2, len(values), figsize=(3.4 * len(values), 5.4), squeeze=False)
     for j, (value, rows) in enumerate(zip(values, groups)):
         label = ", ".join(f"{c}={v:.3g}" for c, v in zip(context_columns, value))
         _show_points(axes[0, j], data[rows][:, [x_axis, y_axis]], extent, f"data: {label}")

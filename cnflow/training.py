@@ -20,7 +20,7 @@ on a finite table or on endless fresh samples, with or without a context per row
 * an atomically written **checkpoint** after every epoch holding everything needed to
   continue: weights (best and last), optimizer, schedule, loop counters, history and the
   torch RNG state. Resuming from an epoch's checkpoint repeats the uninterrupted run bit for
-  bit on CPU.
+  bit on CPU; a run its budget stopped inside an epoch resumes at the next batch of it.
 
 Example:
     >>> import torch
@@ -36,6 +36,7 @@ Example:
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 import time
 import warnings
@@ -360,6 +361,7 @@ def fit(flow: Flow, train: Rows | EndlessSamples, val: Rows | None,
     history = History()
     best_weights = copy.deepcopy(flow.state_dict())
     best_val, bad_rounds, first_epoch = math.inf, 0, 0
+    skip = 0  # batches of the first epoch already trained (a resume inside an epoch)
     if resume is not None:
         loop = resume["loop"]
         flow.load_state_dict(resume["last_model"])
@@ -367,6 +369,7 @@ def fit(flow: Flow, train: Rows | EndlessSamples, val: Rows | None,
         best_weights = resume["model"]
         best_val = loop["best_val"] if loop["best_val"] is not None else math.inf
         bad_rounds, first_epoch = loop["bad_rounds"], loop["epoch"]
+        skip = loop.get("epoch_step", 0)
         history = History(records=list(loop["records"]), best_epoch=loop["best_epoch"],
                           best_val_nll=loop["best_val"], steps=loop["steps"],
                           initial_val_nll=loop.get("initial_val"),
@@ -378,14 +381,16 @@ def fit(flow: Flow, train: Rows | EndlessSamples, val: Rows | None,
     def out_of_time() -> bool:
         return config.max_time is not None and time.process_time() - cpu_start >= config.max_time
 
-    def save(epoch: int) -> None:
+    def save(epoch: int, epoch_step: int = 0) -> None:
+        """``epoch``: the next epoch to run; ``epoch_step``: its batches already trained."""
         if checkpoint is None:
             return
         save_checkpoint({
             **(extra_state or {}), "model": best_weights, "last_model": flow.state_dict(),
             "optimizer": optimizer.state_dict(),
             "rng": torch.get_rng_state(), "train_config": config.loop_settings(),
-            "loop": {"epoch": epoch, "steps": history.steps, "best_val": history.best_val_nll,
+            "loop": {"epoch": epoch, "epoch_step": epoch_step, "steps": history.steps,
+                     "best_val": history.best_val_nll,
                      "best_epoch": history.best_epoch, "bad_rounds": bad_rounds,
                      "initial_val": history.initial_val_nll,
                      "records": history.records, "cpu_seconds": history.cpu_seconds,
@@ -423,7 +428,13 @@ def fit(flow: Flow, train: Rows | EndlessSamples, val: Rows | None,
         if stop is not None:
             break
         losses, nfe_f, nfe_b = [], [], []
-        for batch in source.batches(epoch, config.batch_size):
+        batches = source.batches(epoch, config.batch_size)
+        # A run cut inside this epoch by its budget continues where it stopped: the epoch's
+        # batches are reproducible, so the ones already trained are skipped.
+        continued, done, skip = skip > 0, skip, 0
+        batches = itertools.islice(batches, done, None) if continued else batches
+        finished = False
+        for batch in batches:
             if history.steps >= total_steps:
                 stop = "steps"
                 break
@@ -453,6 +464,7 @@ def fit(flow: Flow, train: Rows | EndlessSamples, val: Rows | None,
             set_lr()
             optimizer.step()
             history.steps += 1
+            done += 1
             losses.append(float(report))
             forward, backward = _nfe(flow)
             if forward is not None:
@@ -464,6 +476,11 @@ def fit(flow: Flow, train: Rows | EndlessSamples, val: Rows | None,
             if out_of_time():
                 stop = "time budget"
                 break
+        else:
+            finished = True
+        # Cut by the budget: the epoch is not over, and its validation below counts no
+        # round of patience (the rest of the epoch, after a resume, validates again).
+        cut = stop == "time budget" and not finished
         if val is not None:
             val_nll = validate()
             if not math.isfinite(val_nll):
@@ -472,7 +489,7 @@ def fit(flow: Flow, train: Rows | EndlessSamples, val: Rows | None,
                 best_val, bad_rounds = val_nll, 0
                 best_weights = copy.deepcopy(flow.state_dict())
                 history.best_epoch, history.best_val_nll = epoch + 1, val_nll
-            else:
+            elif not cut:
                 bad_rounds += 1
         else:
             best_weights = copy.deepcopy(flow.state_dict())
@@ -487,6 +504,8 @@ def fit(flow: Flow, train: Rows | EndlessSamples, val: Rows | None,
             "nfe_backward": float(np.mean(nfe_b)) if nfe_b else None,
             "cpu_seconds": history.cpu_seconds, "wall_seconds": history.wall_seconds,
         }
+        if continued and history.records and history.records[-1]["epoch"] == epoch + 1:
+            history.records.pop()  # the cut epoch's record: this one completes it
         history.records.append(record)
         if stop is None and config.patience is not None and bad_rounds >= config.patience:
             stop = "early stopping"
@@ -497,7 +516,10 @@ def fit(flow: Flow, train: Rows | EndlessSamples, val: Rows | None,
         if stop is None and history.steps >= total_steps:
             stop = "steps"
         history.stop_reason = stop  # None while the run goes on
-        save(epoch + 1)
+        if cut:
+            save(epoch, epoch_step=done)
+        else:
+            save(epoch + 1)
         if on_epoch is not None:
             on_epoch(record)
         if stop is not None:

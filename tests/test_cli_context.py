@@ -144,8 +144,27 @@ def test_a_fine_tune_stopped_by_its_budget_resumes_in_its_own_phase(tmp_path):
     result = CliRunner().invoke(cli, [*common, "--resume", str(out)])
     assert result.exit_code == 0, result.output
     metrics = json.loads((out / "metrics.json").read_text())
-    # One flow-matching step (the budget), then the fine-tune's remaining epochs: its first
-    # epoch (two steps) was cut after one by the budget and counts as done, as in any loop.
-    assert metrics["steps"] == 1 + 1 + 2 + 2
+    # One flow-matching step (the budget), then all six fine-tune steps: its first epoch
+    # (two steps), cut after one by the budget, continues at its second.
+    assert metrics["steps"] == 1 + 6
     assert metrics["stop_reason"] == "time budget, then fine-tune: epochs"
     assert [r["objective"] for r in metrics["history"]] == ["otfm", "mle", "mle", "mle"]
+
+
+def test_a_version_2_checkpoint_still_loads_as_an_unconditional_mle_run(tmp_path):
+    out = tmp_path / "run"
+    result = CliRunner().invoke(cli, ["fit", "two_moons", "--iterations", "2", "--width", "4",
+                                      "--hidden", "4", "--test-size", "100", "--val-size",
+                                      "100", "--no-figures", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    state = torch.load(out / "checkpoint.pt", weights_only=True)
+    state["version"] = 2  # what cnflow wrote before objectives and contexts existed
+    del state["data"]["context_columns"]
+    for key in ("objective", "finetune", "finetune_lr", "context"):
+        del state["config"][key]
+    torch.save(state, out / "checkpoint.pt")
+    flow, config, _ = load_checkpoint(out)
+    assert flow.context_dim == 0 and config.objective == "mle" and config.finetune == 0
+    result = CliRunner().invoke(cli, ["sample", "-c", str(out), "-n", "5", "--out",
+                                      str(tmp_path / "s.csv")])
+    assert result.exit_code == 0, result.output

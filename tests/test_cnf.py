@@ -205,3 +205,47 @@ def test_cuda_log_prob_matches_cpu():
     gpu = flow.cuda().log_prob(x.cuda())
     assert gpu.device.type == "cuda"
     assert torch.allclose(gpu.cpu(), cpu, atol=1e-8)
+
+
+@pytest.mark.parametrize("kind", ["gated", "concat_squash"])
+def test_one_time_per_point_equals_each_point_at_its_own_time(kind):
+    """Flow matching evaluates every point at its own time (and a conditional flow at its
+    own context): the batched path must equal the points one by one."""
+    torch.manual_seed(0)
+    dynamics = (GatedHyperDynamics(3, 8, 8, context_dim=2) if kind == "gated"
+                else ConcatSquashMLP(3, (8, 8), context_dim=2)).double()
+    _randomize(dynamics, 0.5)
+    z, t = torch.randn(6, 3, dtype=F64), torch.rand(6, dtype=F64)
+    c = torch.randn(6, 2, dtype=F64)
+    batched = dynamics(t, z, c)
+    one_by_one = torch.cat([dynamics(t[i], z[i:i + 1], c[i:i + 1]) for i in range(6)])
+    torch.testing.assert_close(batched, one_by_one, rtol=0, atol=1e-14)
+    if kind == "gated":
+        f, trace = dynamics.forward_with_trace(t, z, c)
+        torch.testing.assert_close(f, batched, rtol=0, atol=1e-14)
+        zz = z.clone().requires_grad_(True)
+        out = dynamics(t, zz, c)
+        auto = sum(torch.autograd.grad(out[:, i].sum(), zz, retain_graph=True)[0][:, i]
+                   for i in range(3))
+        torch.testing.assert_close(trace, auto, rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match="one time per point"):
+        dynamics(torch.rand(4, dtype=F64), z, c)
+
+
+def test_empty_batches_other_dtypes_and_bad_settings():
+    flow = CNF(GatedHyperDynamics(2, 8, 8), 2).eval()
+    assert flow.log_prob(torch.zeros(0, 2)).shape == (0,)
+    assert flow.sample(0).shape == (0, 2)
+    x, log_p = flow.sample_and_log_prob((0, 3))
+    assert x.shape == (0, 3, 2) and log_p.shape == (0, 3)
+    # A float64 batch through a float32 flow is computed in the flow's dtype.
+    points = torch.randn(4, 2, dtype=F64)
+    torch.testing.assert_close(flow.log_prob(points), flow.log_prob(points.float()))
+    for name, value in (("kinetic", float("nan")), ("jacobian", -1.0), ("rtol", 0.0),
+                        ("eval_atol", float("inf"))):
+        with pytest.raises(ValueError, match=name):
+            CNF(GatedHyperDynamics(2, 8, 8), 2, **{name: value})
+    with pytest.raises(ValueError, match="dim=3, but the flow has dim=2"):
+        CNF(GatedHyperDynamics(3, 8, 8), 2)
+    with pytest.raises(TypeError, match="nn.Module"):
+        CNF(lambda t, z: z, 2)

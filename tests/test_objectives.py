@@ -183,3 +183,15 @@ def test_mle_objective_reports_the_nll_without_the_regulariser():
     assert loss.requires_grad and not report.requires_grad
     assert loss.item() >= report.item() - 1e-6
     assert np.isfinite(report.item())
+
+
+def test_ot_pairing_with_repeated_points_is_still_an_optimal_permutation():
+    """Ties (equal data points) leave many optimal plans; the pairing must stay a
+    permutation of optimal cost."""
+    generator = torch.Generator().manual_seed(5)
+    x0 = torch.randn(7, 2, generator=generator, dtype=F64)
+    x1 = torch.randn(3, 2, generator=generator, dtype=F64)[torch.tensor([0, 0, 1, 1, 1, 2, 2])]
+    perm = ot_pairing(x0, x1)
+    assert sorted(perm.tolist()) == list(range(7))
+    best = min((x0[list(p)] - x1).pow(2).sum().item() for p in itertools.permutations(range(7)))
+    assert (x0[perm] - x1).pow(2).sum().item() == pytest.approx(best, rel=1e-12)

@@ -443,3 +443,18 @@ def test_energy_bad_inputs():
         target.energy("abc")
     with pytest.raises(ValueError, match="panels must be a positive int"):
         target.log_normalizer(0)
+
+
+def test_two_moons_conditionals_mix_to_the_marginal_and_name_the_moon():
+    moons = toydata.get("two_moons")
+    x, label = moons.sample_with_labels(4000, seed=3)
+    np.testing.assert_array_equal(x, moons.sample(4000, seed=3))
+    outer, inner = moons.conditional_log_prob(x, 0), moons.conditional_log_prob(x, 1)
+    # p(x) = ½ p(x | outer) + ½ p(x | inner): an independent check of each conditional.
+    np.testing.assert_allclose(np.logaddexp(outer, inner) + np.log(0.5), moons.log_prob(x),
+                               rtol=0, atol=1e-12)
+    assert ((inner > outer) == (label == 1)).mean() > 0.99
+    np.testing.assert_array_equal(moons.conditional_log_prob(x, label),
+                                  np.where(label == 1, inner, outer))
+    with pytest.raises(ValueError, match="label must be 0"):
+        moons.conditional_log_prob(x[:3], 2)

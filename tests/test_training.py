@@ -13,7 +13,7 @@ import torch
 
 import toydata
 from cnflow.flows.cnf import CNF, ConcatSquashMLP, GatedHyperDynamics
-from cnflow.training import EndlessSamples, TrainConfig, evaluate, fit
+from cnflow.training import EndlessSamples, History, TrainConfig, evaluate, fit
 
 
 def _flow(dim: int = 3, seed: int = 0) -> CNF:
@@ -194,3 +194,33 @@ def test_a_five_dimensional_cnf_learns_a_known_density():
     assert history.best_val_nll < before - 0.3
     floor = -true_log_prob(val.double().numpy()).mean()
     assert history.best_val_nll > floor - 0.2  # no model beats the truth by much on 500 rows
+
+
+def test_a_run_cut_inside_an_epoch_by_its_budget_resumes_at_the_next_batch(tmp_path):
+    """A budget that ends after the first step cuts the first epoch; resumed without one,
+    the run trains the rest of that epoch and then the others, ending with the weights of
+    an uninterrupted run, bit for bit (constant schedule: the budget does not steer it)."""
+    data = _data(256)
+    settings = {"epochs": 2, "batch_size": 32, "lr": 1e-2, "lr_schedule": "constant",
+                "patience": None, "min_epoch_steps": 1}
+
+    def run(**extra) -> tuple[CNF, History]:
+        flow = _flow()
+        flow.set_normalization(data)
+        history = fit(flow, data[:192], data[192:], TrainConfig(**settings, **extra),
+                      checkpoint=tmp_path / "ck.pt", progress=False, **(
+                          {"resume": torch.load(tmp_path / "ck.pt", weights_only=True)}
+                          if "max_time" not in extra and (tmp_path / "ck.pt").exists() else {}))
+        return flow, history
+
+    _, cut = run(max_time=1e-9)
+    assert cut.steps == 1 and cut.stop_reason == "time budget"
+    state = torch.load(tmp_path / "ck.pt", weights_only=True)["loop"]
+    assert state["epoch"] == 0 and state["epoch_step"] == 1
+    resumed, history = run()
+    assert history.steps == 2 * 6 and [r["epoch"] for r in history.records] == [1, 2]
+    (tmp_path / "ck.pt").unlink()
+    uninterrupted, reference = run()
+    assert reference.steps == 12
+    for a, b in zip(_weights(resumed), _weights(uninterrupted)):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)

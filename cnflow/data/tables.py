@@ -620,11 +620,12 @@ def _check_values(
         flat = np.flatnonzero(big)
         place, k = where(flat[0])
         value = float(values.flat[flat[0]])
-        scale = 10.0 ** math.ceil(math.log10(float(np.abs(values[:, k]).max())))
+        # The power of ten as text: 10.0 ** 309 (for values above 1e308) overflows a float.
+        exponent = math.ceil(math.log10(float(np.abs(values[:, k]).max())))
         raise DataError(
             f"{place}: the value {value:.6g} exceeds the float32 range (+-{FLOAT32_MAX:.7g}), "
             f"and the model computes in float32{in_total(flat.size, 'such entries')}. Rescale the "
-            f"column (e.g. divide it by {scale:.0e}) or leave it out with --columns."
+            f"column (e.g. divide it by 1e{exponent:+03d}) or leave it out with --columns."
         )
     if values.shape[0] < 2 or not constant_check:
         return  # one row: too few rows for anything, which split_rows reports
