@@ -58,9 +58,9 @@ def ot_pairing(x0: torch.Tensor, x1: torch.Tensor, groups: torch.Tensor | None =
 
     Between two uniform empirical measures of equal size the optimal plan is a permutation
     (a vertex of the assignment polytope). POT's network simplex (``ot.emd``) finds it
-    1.6x faster than ``scipy.optimize.linear_sum_assignment`` at flow matching's batch of
-    256 (``results/flow_matching.md``); the assignment solver remains the fallback for a
-    plan that is not a permutation (ties between equal points).
+    faster than ``scipy.optimize.linear_sum_assignment`` at flow matching's batch sizes
+    (measured in ``results/flow_matching.md``); the assignment solver remains the fallback
+    for a plan that is not a permutation.
     """
     if x0.shape != x1.shape or x0.dim() != 2:
         raise ValueError(f"x0 and x1 must both have shape (n, d), got {tuple(x0.shape)} and "

@@ -139,6 +139,7 @@ def run_directory(path: str | os.PathLike, *, resuming: bool = False,
                 + advice)
 
     refuse_another_run()  # before anything is created
+    created = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
     with _locked(folder / ".lock", remove=not keep_lock):
         # Again under the lock: a run that started at the same moment may have finished
@@ -148,7 +149,16 @@ def run_directory(path: str | os.PathLike, *, resuming: bool = False,
             for file in [*(folder / name for name in files),
                          *(file for pattern in clear for file in folder.glob(pattern))]:
                 file.unlink(missing_ok=True)
-        yield folder
+        try:
+            yield folder
+        except BaseException:
+            # A run that failed before writing anything leaves no empty folder behind (one
+            # that wrote a checkpoint keeps it: it can be resumed). Still under the lock.
+            if created and {p.name for p in folder.iterdir()} <= {".lock"}:
+                (folder / ".lock").unlink(missing_ok=True)
+                with suppress(OSError):
+                    folder.rmdir()
+            raise
 
 
 @contextmanager

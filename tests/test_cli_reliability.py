@@ -240,3 +240,16 @@ def test_mle_overwrite_replaces_only_its_own_results(tmp_path):
                            "mle.md", "mle.png", "mle_snapshots.png"]
     assert (out / "density_matching.png").read_bytes() == b"kept"
     assert _strict_json(out / "mle.json")["experiment"] == "mle"
+
+
+def test_a_run_that_fails_before_writing_leaves_no_empty_folder(tmp_path):
+    from cnflow.runs import run_directory
+
+    out = tmp_path / "new" / "run"
+    with pytest.raises(RuntimeError), run_directory(out):
+        raise RuntimeError("the solver blew up")
+    assert not out.exists()
+    with pytest.raises(RuntimeError), run_directory(out):
+        (out / "checkpoint.pt").write_bytes(b"resumable")
+        raise RuntimeError("later")
+    assert (out / "checkpoint.pt").exists()  # kept: a resume can use it

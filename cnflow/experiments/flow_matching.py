@@ -287,7 +287,9 @@ def _two_d_section(results: list[dict[str, Any]]) -> list[str]:
                    f"of the floor in at most {GOAL_CPU_SECONDS:g} CPU seconds): "
                    + ("met" if met else "not met") + f".** It took {goal['cpu_seconds']:.1f} "
                    f"CPU seconds and ended {goal['gap']:.3f} nats above the floor."), "",
-              "![learning curves](flow_matching.png)", ""]
+              "![learning curves](flow_matching.png)", "",
+              ("otfm + fine-tune starts with otfm's very run (the same seed), so the otfm "
+               "curve lies under the first part of its curve."), ""]
     return lines
 
 
