@@ -249,3 +249,23 @@ def test_empty_batches_other_dtypes_and_bad_settings():
         CNF(GatedHyperDynamics(3, 8, 8), 2)
     with pytest.raises(TypeError, match="nn.Module"):
         CNF(lambda t, z: z, 2)
+
+
+@pytest.mark.parametrize("kind", ["gated", "concat_squash"])
+def test_row_blocks_give_the_same_solve(kind):
+    """Without a graph the field runs in row blocks: the same values and the same steps."""
+    torch.manual_seed(0)
+    dynamics = (GatedHyperDynamics(2, 8, 8, context_dim=1) if kind == "gated"
+                else ConcatSquashMLP(2, (8, 8), context_dim=1))
+    flow = CNF(dynamics, 2, context_dim=1, eval_rtol=1e-9, eval_atol=1e-9).double().eval()
+    _randomize(flow.dynamics, 0.4)
+    x, c = torch.randn(50, 2, dtype=F64), torch.randn(50, 1, dtype=F64)
+    results = {}
+    for block in (None, 7):
+        flow.block_size = block
+        with torch.no_grad():
+            results[block] = (flow.log_prob(x, c), flow.last_stats.forward.nfe)
+    torch.testing.assert_close(results[7][0], results[None][0], rtol=0, atol=1e-12)
+    assert results[7][1] == results[None][1]
+    with pytest.raises(ValueError, match="block_size"):
+        CNF(GatedHyperDynamics(2, 8, 8), 2, block_size=0)
