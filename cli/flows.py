@@ -194,7 +194,8 @@ _FRACTION = FiniteFloat(min=0, max=1, max_open=True)
                                       "gated, exact up to D = 8, Hutchinson above); "
                                       "evaluation always uses the exact trace.")
 @click.option("--lr", type=_POSITIVE, default=None,
-              help="Adam learning rate  [default: 1e-2 for built-in datasets, 3e-3 for files]")
+              help="Adam learning rate  [default: mle 1e-2 for built-in datasets, 3e-3 for "
+                   "files; flow matching 3e-3]")
 @click.option("--lr-schedule", type=click.Choice(LR_SCHEDULES),
               default=_default("lr_schedule"), show_default=True,
               help="cosine: decay to 1 % over the maximum number of steps.")
