@@ -136,3 +136,22 @@ def flow_matching(out: str, work: str, seeds: int, budget: float, jobs: int,
                           "--budget", f"{budget:g}", "--jobs", str(jobs), "--out", out])
     click.echo(write_report(out, work, command, seeds=seeds, budget=budget, jobs=jobs,
                             reuse=not fresh, echo=click.echo))
+
+
+@benchmark.command()
+@click.option("--out", type=click.Path(dir_okay=False, writable=True),
+              default="results/ddp.md", show_default=True,
+              help="Markdown report to write (with a .png figure and a .json).")
+@click.option("--work", type=click.Path(file_okay=False), default="results/runs/ddp",
+              show_default=True, help="Run directories and the generated table.")
+@click.option("--processes", type=click.IntRange(2), default=2, show_default=True,
+              help="Processes of the torchrun runs (one thread each).")
+def ddp(out: str, work: str, processes: int) -> None:
+    """`cnflow fit` in one process against several under torchrun (gloo on CPU)."""
+    import shlex
+
+    from cnflow.experiments.ddp_bench import write_report
+
+    command = shlex.join(["cnflow", "benchmark", "ddp", "--processes", str(processes),
+                          "--out", out])
+    click.echo(write_report(out, work, command, processes=processes, echo=click.echo))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
 import warnings
 from dataclasses import fields
 from pathlib import Path
@@ -118,6 +119,15 @@ def _data_argument(ctx, param, value: str) -> str:
     raise click.BadParameter(
         f"{value!r} is neither a built-in dataset ({', '.join(toydata.names())}) nor a "
         ".csv or .npy file", ctx=ctx, param=param)
+
+
+class RankFailure(click.ClickException):
+    """A failure of one rank under torchrun, which the others did not see: the console
+    script shows it on that rank (other errors, alike on every rank, rank 0 alone shows)."""
+
+    def __init__(self, message: str):
+        rank = os.environ.get("RANK", "0")
+        super().__init__(message if rank == "0" else f"rank {rank}: {message}")
 
 
 class FiniteFloat(click.FloatRange):
@@ -257,11 +267,12 @@ def fit(data: str, out: str | None, device: str, resume: str | None, no_figures:
     """
     import torch
 
+    from cnflow import distributed
     from cnflow.data.tables import DataError
     from cnflow.density import fit_run
     from cnflow.solvers import ODESolverError
 
-    torch.set_num_threads(threads)
+    torch.set_num_threads(threads)  # per process under torchrun
     names = {f.name for f in fields(FitConfig)}
     settings["grad_clip"] = settings["grad_clip"] or None
     try:
@@ -271,18 +282,26 @@ def fit(data: str, out: str | None, device: str, resume: str | None, no_figures:
     if resume is not None and not Path(resume).exists():
         raise click.BadParameter(f"{resume!r} does not exist", param_hint="--resume")
     run_dir = Path(out) if out else Path("results") / "runs" / Path(data).stem
+    distributed.setup()  # under torchrun: join the job's process group
+    main = distributed.is_main()
     with warnings.catch_warnings():
         # Warnings about the data (integer columns) as one plain line, before training.
-        warnings.showwarning = lambda message, *_, **__: click.echo(f"warning: {message}",
-                                                                    err=True)
+        warnings.showwarning = lambda message, *_, **__: click.echo(
+            f"warning: {message}", err=True) if main else None
         try:
             metrics = fit_run(config, run_dir, device=device, resume=resume,
                               figures=not no_figures, overwrite=overwrite)
-        except (DataError, CheckpointError, ValueError, ODESolverError) as error:
+        except (DataError, CheckpointError, ValueError) as error:
             raise click.ClickException(str(error)) from None
+        except ODESolverError as error:
+            raise RankFailure(str(error)) from None
         except OSError as error:
             raise click.ClickException(f"cannot write the run directory {str(run_dir)!r}: "
                                        f"{error.strerror or error}") from None
+        finally:
+            distributed.teardown()
+    if not main:
+        return
     floor = metrics["entropy_floor"]
     gap = "" if floor is None else f"  floor {floor:.4f}  gap {metrics['gap']:+.4f}"
     objective = metrics["objective"] + (f" + {metrics['finetune']} MLE fine-tune steps"

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import sys
+
 import click
 from cnflow.cli.benchmark import benchmark
 from cnflow.cli.classify import classify
 from cnflow.cli.compare import compare
-from cnflow.cli.flows import datasets, fit, logprob, sample
+from cnflow.cli.flows import RankFailure, datasets, fit, logprob, sample
 from cnflow.cli.latent import latent
 
 
@@ -18,3 +21,26 @@ def cli() -> None:
 
 for _command in (fit, sample, logprob, datasets, compare, classify, latent, benchmark):
     cli.add_command(_command)
+
+
+def main() -> None:
+    """The console script: ``cli``, with one error message per job under ``torchrun``.
+
+    Every rank parses the same options and reads the same data, so a bad option or file
+    fails on every rank alike: rank 0 alone says so. A :class:`RankFailure` is shown by the
+    rank it happened on.
+    """
+    try:
+        code = cli.main(standalone_mode=False)
+    except click.ClickException as error:
+        if os.environ.get("RANK", "0") == "0" or isinstance(error, RankFailure):
+            error.show()
+        sys.exit(error.exit_code)
+    except click.Abort:
+        click.echo("Aborted!", err=True)
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+if __name__ == "__main__":  # `python -m cnflow.cli.main`, `torchrun -m cnflow.cli.main`
+    main()

@@ -18,6 +18,8 @@ from __future__ import annotations
 import math
 import time
 import warnings
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
@@ -26,10 +28,18 @@ import numpy as np
 import torch
 
 import toydata
+from cnflow import distributed
 from cnflow.data.tables import DataError, parse_columns, read_matching, read_table, split_rows
 from cnflow.flows.cnf import CNF, ConcatSquashMLP, GatedHyperDynamics
 from cnflow.objectives import OBJECTIVES, make_objective
-from cnflow.runs import environment, resolve_device, run_directory, write_json
+from cnflow.runs import (
+    RunDirectoryError,
+    environment,
+    failure_message,
+    resolve_device,
+    run_directory,
+    write_json,
+)
 from cnflow.training import (
     EndlessSamples,
     History,
@@ -418,6 +428,31 @@ def _check_resume(config: FitConfig, state: dict[str, Any], resume: str | Path) 
                          "Use the same settings or start a new run")
 
 
+@contextmanager
+def _claim_run_directory(out_dir: str | Path, *, resuming: bool, overwrite: bool
+                         ) -> Iterator[Path]:
+    """:func:`~cnflow.runs.run_directory` on rank 0, which alone writes; under ``torchrun``
+    the other ranks learn whether it could claim the folder, and fail with it if not."""
+    if distributed.world_size() == 1:
+        with run_directory(out_dir, resuming=resuming, overwrite=overwrite) as out:
+            yield out
+        return
+    with ExitStack() as stack:
+        refusal = None
+        if distributed.is_main():
+            try:
+                stack.enter_context(run_directory(out_dir, resuming=resuming,
+                                                  overwrite=overwrite))
+            except (RunDirectoryError, OSError) as error:
+                refusal = failure_message(error)
+                distributed.broadcast(refusal)
+                raise
+        refusal = distributed.broadcast(refusal)
+        if refusal is not None:
+            raise RunDirectoryError(refusal)
+        yield Path(out_dir)
+
+
 def fit_run(config: FitConfig, out_dir: str | Path, device: str = "auto",
             resume: str | Path | None = None, progress: bool | None = None,
             figures: bool = True, overwrite: bool = False) -> dict[str, Any]:
@@ -436,6 +471,9 @@ def fit_run(config: FitConfig, out_dir: str | Path, device: str = "auto",
         figures: write the PNG figures.
         overwrite: replace another run in ``out_dir`` (refused otherwise, unless it is the
             run being resumed).
+
+    Under ``torchrun`` (after :func:`cnflow.distributed.setup`) every rank calls this with
+    the same arguments; they train together and only rank 0 writes the run directory.
 
     Returns:
         The metrics written to ``metrics.json``.
@@ -458,8 +496,10 @@ def fit_run(config: FitConfig, out_dir: str | Path, device: str = "auto",
                            is None else data.context_normalization.to(dev))
     resuming = resume is not None and checkpoint_path(resume).resolve().parent == \
         Path(out_dir).resolve()
-    with run_directory(out_dir, resuming=resuming, overwrite=overwrite) as out:
-        write_json(asdict(config), out / "config.json")
+    main = distributed.is_main()
+    with _claim_run_directory(out_dir, resuming=resuming, overwrite=overwrite) as out:
+        if main:
+            write_json(asdict(config), out / "config.json")
         description = {"dim": data.dim, "columns": list(data.columns),
                        "context_columns": list(data.context_columns),
                        "integer_columns": list(data.integer_columns),
@@ -478,6 +518,8 @@ def fit_run(config: FitConfig, out_dir: str | Path, device: str = "auto",
                            description, dev)
         metrics["wall_seconds"] = time.perf_counter() - start
         metrics["cpu_seconds"] = time.process_time() - cpu_start
+        if not main:
+            return metrics
         write_json(metrics, out / "metrics.json")
         if figures:
             metrics["figures"] = _figures(flow, data, history, out)
@@ -586,7 +628,8 @@ def _metrics(config: FitConfig, data: RunData, flow: CNF, history, test_nll: np.
         "kl_estimate": kl, "kl_stderr": kl_stderr,
         "eval_tol": config.eval_tol, "eval_nfe": eval_nfe,
         **history.summary(), "history": history.records,
-        "device": str(dev), "environment": environment(),
+        "device": str(dev), "processes": distributed.world_size(),
+        "environment": environment(),
         "parameters": sum(p.numel() for p in flow.parameters()),
     }
 

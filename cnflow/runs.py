@@ -18,6 +18,8 @@ from typing import Any
 
 import torch
 
+from cnflow.distributed import world_size
+
 
 def resolve_device(name: str) -> torch.device:
     """Turn ``"auto"``, ``"cpu"`` or ``"cuda"`` (or ``"cuda:N"``) into a device.
@@ -25,15 +27,17 @@ def resolve_device(name: str) -> torch.device:
     Raises:
         ValueError: ``name`` is unknown, or CUDA is asked for but not available.
     """
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cpu":
+    if name == "cpu" or (name == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
-    if name == "cuda" or name.startswith("cuda:"):
+    if name in ("auto", "cuda") or name.startswith("cuda:"):
         if not torch.cuda.is_available():
             raise ValueError(f"device={name!r} was asked for, but CUDA is not available here; "
                              "use device='cpu' or 'auto'")
-        return torch.device(name)
+        if name.startswith("cuda:"):
+            return torch.device(name)
+        # Under torchrun each rank has its own GPU, chosen by cnflow.distributed.setup.
+        return torch.device("cuda", torch.cuda.current_device()) if world_size() > 1 \
+            else torch.device("cuda")
     raise ValueError(f"device={name!r} is not one of 'auto', 'cpu', 'cuda', 'cuda:N'")
 
 

@@ -20,7 +20,11 @@ on a finite table or on endless fresh samples, with or without a context per row
 * an atomically written **checkpoint** after every epoch holding everything needed to
   continue: weights (best and last), optimizer, schedule, loop counters, history and the
   torch RNG state. Resuming from an epoch's checkpoint repeats the uninterrupted run bit for
-  bit on CPU; a run its budget stopped inside an epoch resumes at the next batch of it.
+  bit on CPU; a run its budget stopped inside an epoch resumes at the next batch of it;
+* under ``torchrun`` (:mod:`cnflow.distributed`), every rank takes its share of each
+  batch, ``DistributedDataParallel`` averages the gradients, validation is shared out and
+  reduced, every stop is decided by all ranks together, and only rank 0 writes the
+  checkpoint and shows the progress bar.
 
 Example:
     >>> import torch
@@ -36,6 +40,7 @@ Example:
 from __future__ import annotations
 
 import copy
+import inspect
 import itertools
 import math
 import time
@@ -47,9 +52,12 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler, TensorDataset
 from tqdm.auto import tqdm
 
+from cnflow import distributed
 from cnflow.flows.base import Flow
 from cnflow.objectives import MaximumLikelihood
 from cnflow.runs import save_checkpoint
@@ -92,7 +100,8 @@ class TrainConfig:
         patience: stop after this many validations without a new best; None never stops
             early.
         max_time: CPU-seconds budget of this process for the whole loop (validation
-            included); None for no budget.
+            included; under ``torchrun``, of each process: the run stops when the first
+            rank has spent it); None for no budget.
         max_steps: stop after this many optimisation steps (the schedule then spans them);
             None for no limit.
         seed: seeds the weights' initialisation (by the caller), the shuffling and every
@@ -265,23 +274,83 @@ def _rows(flow: Flow, rows: Rows, name: str) -> tuple[torch.Tensor, torch.Tensor
 @torch.no_grad()
 def evaluate(flow: Flow, rows: Rows, batch: int = 10000) -> tuple[np.ndarray, int]:
     """Per-row NLL of ``rows`` (``x`` or ``(x, context)``) in eval mode (exact trace, eval
-    tolerance) and the forward NFE spent."""
+    tolerance) and the forward NFE spent.
+
+    Under ``torchrun`` this is a collective: each rank evaluates its share of the rows and
+    every rank gets all of them back (NFE summed over the ranks); a solver failure on any
+    rank raises :class:`~cnflow.solvers.ODESolverError` on every rank.
+    """
     x, context = _rows(flow, rows, "rows")
+    part = distributed.shard(len(x))
+    x = x[part]
+    context = None if context is None else context[part]
     was_training = flow.training
     flow.eval()
-    nll, nfe = [], 0
-    for start in range(0, len(x), batch):
-        chunk = x[start: start + batch]
-        if context is None:
-            nll.append(-flow.log_prob(chunk))
-        else:
-            nll.append(-flow.log_prob(chunk, context[start: start + batch]))
-        stats = getattr(flow, "last_stats", None)
-        nfe += stats.forward.nfe if stats is not None else 0
-    flow.train(was_training)
-    if not nll:
-        return np.zeros(0), 0
-    return torch.cat(nll).double().cpu().numpy(), nfe
+    nll, nfe, failure = [], 0, None
+    try:
+        for start in range(0, len(x), batch):
+            chunk = x[start: start + batch]
+            if context is None:
+                nll.append(-flow.log_prob(chunk))
+            else:
+                nll.append(-flow.log_prob(chunk, context[start: start + batch]))
+            stats = getattr(flow, "last_stats", None)
+            nfe += stats.forward.nfe if stats is not None else 0
+    except ODESolverError as error:
+        if distributed.world_size() == 1:
+            raise
+        failure = str(error)  # raised below on every rank, so none waits for this one
+    finally:
+        flow.train(was_training)
+    values = torch.cat(nll).double().cpu().numpy() if nll else np.zeros(0)
+    if distributed.world_size() > 1:
+        gathered = distributed.all_gather((values, nfe, failure))
+        failures = [f for _, _, f in gathered if f is not None]
+        if failures:
+            raise ODESolverError(failures[0])
+        values = np.concatenate([v for v, _, _ in gathered])
+        nfe = sum(n for _, n, _ in gathered)
+    return values, nfe
+
+
+class _ObjectiveModule(nn.Module):
+    """The objective on the flow as a module: DistributedDataParallel wraps a forward."""
+
+    def __init__(self, flow: Flow, objective: Callable):
+        super().__init__()
+        self.flow, self.objective = flow, objective
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None):
+        return self.objective(self.flow, x, context)
+
+
+def training_objective(flow: Flow, objective: Callable) -> Callable:
+    """``objective(flow, x, context)`` as :func:`fit` calls it: under ``torchrun``, through
+    ``DistributedDataParallel`` (which broadcasts rank 0's weights now and averages the
+    gradients in every ``backward``); the plain function otherwise."""
+    if distributed.world_size() == 1:
+        return lambda x, context: objective(flow, x, context)
+    devices = [flow.device] if flow.device.type == "cuda" else None
+    # The buffers (the normalisation) are set from the same data on every rank and never
+    # change while training: synced once here, not before every forward.
+    no_sync = ({"forward_sync_buffers": False} if "forward_sync_buffers" in
+               inspect.signature(DistributedDataParallel).parameters
+               else {"broadcast_buffers": False})  # torch before 2.13
+    return DistributedDataParallel(_ObjectiveModule(flow, objective), device_ids=devices,
+                                   **no_sync)
+
+
+def shard_batch(x: torch.Tensor, context: torch.Tensor | None
+                ) -> tuple[torch.Tensor, torch.Tensor | None, float]:
+    """This rank's rows of a global batch and the weight of its loss.
+
+    DistributedDataParallel averages the ranks' gradients; weighting each rank's mean loss
+    by ``rows_here * ranks / rows`` makes that average the gradient of the mean over the
+    whole batch, also when the rows do not divide evenly.
+    """
+    part = distributed.shard(len(x))
+    weight = (part.stop - part.start) * distributed.world_size() / len(x)
+    return x[part], None if context is None else context[part], weight
 
 
 def _nfe(flow: Flow) -> tuple[int | None, int | None]:
@@ -341,6 +410,12 @@ def fit(flow: Flow, train: Rows | EndlessSamples, val: Rows | None,
     if val is not None:
         val = _rows(flow, val, "val")
     objective = MaximumLikelihood() if objective is None else objective
+    ranks, main = distributed.world_size(), distributed.is_main()
+    rows = len(source.dataset) if isinstance(source, _Table) else config.batch_size
+    if min(config.batch_size, rows) < ranks:
+        raise ValueError(f"batch_size={min(config.batch_size, rows)} gives fewer rows than "
+                         f"the {ranks} processes; use a batch of at least {ranks} rows")
+    step_objective = training_objective(flow, objective)
 
     optimizer = torch.optim.Adam(flow.parameters(), lr=config.lr,
                                  weight_decay=config.weight_decay)
@@ -375,20 +450,34 @@ def fit(flow: Flow, train: Rows | EndlessSamples, val: Rows | None,
                           initial_val_nll=loop.get("initial_val"),
                           cpu_seconds=loop["cpu_seconds"], wall_seconds=loop["wall_seconds"])
         torch.set_rng_state(resume["rng"].cpu())
+        if ranks > 1:
+            # Each rank continues its own stream (a job resumed on another number of
+            # processes starts new ones).
+            saved = resume.get("rank_rngs") or []
+            if len(saved) == ranks:
+                torch.set_rng_state(saved[distributed.rank()].cpu())
+            else:
+                torch.manual_seed(_rank_seed(config.seed) + loop["steps"])
     cpu_start = time.process_time() - history.cpu_seconds
     wall_start = time.perf_counter() - history.wall_seconds
 
     def out_of_time() -> bool:
-        return config.max_time is not None and time.process_time() - cpu_start >= config.max_time
+        # Every rank calls this at the same points, so they all stop together.
+        return config.max_time is not None and distributed.any_rank(
+            time.process_time() - cpu_start >= config.max_time)
 
     def save(epoch: int, epoch_step: int = 0) -> None:
         """``epoch``: the next epoch to run; ``epoch_step``: its batches already trained."""
         if checkpoint is None:
             return
+        rank_rngs = distributed.all_gather(torch.get_rng_state()) if ranks > 1 else None
+        if not main:
+            return
         save_checkpoint({
             **(extra_state or {}), "model": best_weights, "last_model": flow.state_dict(),
             "optimizer": optimizer.state_dict(),
-            "rng": torch.get_rng_state(), "train_config": config.loop_settings(),
+            "rng": torch.get_rng_state(), "rank_rngs": rank_rngs,
+            "train_config": config.loop_settings(),
             "loop": {"epoch": epoch, "epoch_step": epoch_step, "steps": history.steps,
                      "best_val": history.best_val_nll,
                      "best_epoch": history.best_epoch, "bad_rounds": bad_rounds,
@@ -405,7 +494,7 @@ def fit(flow: Flow, train: Rows | EndlessSamples, val: Rows | None,
             return math.nan
 
     if resume is None:
-        torch.manual_seed(config.seed)
+        torch.manual_seed(_rank_seed(config.seed))
         if val is not None:
             # The starting weights compete too: a second phase (a fine-tune) that never
             # improves on them keeps them.
@@ -414,7 +503,8 @@ def fit(flow: Flow, train: Rows | EndlessSamples, val: Rows | None,
                 best_val = history.best_val_nll = history.initial_val_nll
     flow.train()
     bar = tqdm(total=total_steps, initial=history.steps, desc=desc, unit="step",
-               disable=(not progress) if progress is not None else None, dynamic_ncols=True)
+               disable=(not progress or not main) if progress is not None else
+               (None if main else True), dynamic_ncols=True)
     # A resumed run that had ended by itself stays ended; one stopped by its time budget
     # continues if the budget now allows.
     stop = resume["loop"]["stop_reason"] if resume is not None else None
@@ -440,20 +530,28 @@ def fit(flow: Flow, train: Rows | EndlessSamples, val: Rows | None,
                 break
             x, context = (batch, None) if isinstance(batch, torch.Tensor) else \
                 (batch[0], batch[1] if len(batch) > 1 else None)
+            x, context, weight = shard_batch(x, context)
             x = x.to(flow.device, flow.dtype)
             if context is not None:
                 context = context.to(flow.device, flow.dtype)
             if augment is not None:
                 x = augment(x)
+            optimizer.zero_grad(set_to_none=True)
             try:
-                loss, report = objective(flow, x, context)
-                optimizer.zero_grad(set_to_none=True)
-                if not torch.isfinite(loss):
-                    stop = "non-finite loss"
-                    break
-                loss.backward()
+                loss, report = step_objective(x, context)
+                failed = not torch.isfinite(loss)
             except ODESolverError:
-                # A blown-up field: stop like a non-finite loss, keeping the best weights.
+                failed = True  # a blown-up field: stop like a non-finite loss
+            if distributed.any_rank(failed):  # all ranks stop, keeping the best weights
+                stop = "non-finite loss"
+                break
+            try:
+                (loss * weight).backward()
+            except ODESolverError:
+                if ranks > 1:
+                    # The other ranks wait in the gradient reduction for this one: the job
+                    # ends (torchrun stops them) and resumes from the last checkpoint.
+                    raise
                 stop = "non-finite loss"
                 break
             norm = torch.nn.utils.clip_grad_norm_(
@@ -496,9 +594,13 @@ def fit(flow: Flow, train: Rows | EndlessSamples, val: Rows | None,
             history.best_epoch = epoch + 1
         history.cpu_seconds = time.process_time() - cpu_start
         history.wall_seconds = time.perf_counter() - wall_start
+        train_loss = float(np.mean(losses)) if losses else None
+        if ranks > 1:
+            shares = [v for v in distributed.all_gather(train_loss) if v is not None]
+            train_loss = float(np.mean(shares)) if shares else None
         record = {
             "epoch": epoch + 1, "step": history.steps,
-            "train_loss": float(np.mean(losses)) if losses else None, "val_nll": val_nll,
+            "train_loss": train_loss, "val_nll": val_nll,
             "lr": optimizer.param_groups[0]["lr"],
             "nfe_forward": float(np.mean(nfe_f)) if nfe_f else None,
             "nfe_backward": float(np.mean(nfe_b)) if nfe_b else None,
@@ -526,7 +628,7 @@ def fit(flow: Flow, train: Rows | EndlessSamples, val: Rows | None,
             break
     bar.close()
     history.stop_reason = stop or "epochs"
-    if history.stop_reason == "non-finite loss":
+    if history.stop_reason == "non-finite loss" and main:
         warnings.warn(f"training stopped at step {history.steps + 1}: the loss or its gradient "
                       f"became non-finite (or the solver failed); the best weights (epoch "
                       f"{history.best_epoch}) are kept. Try a lower learning rate, gradient "
@@ -535,6 +637,12 @@ def fit(flow: Flow, train: Rows | EndlessSamples, val: Rows | None,
     # "last_model", so a resumed run continues from where this one stopped).
     flow.load_state_dict(best_weights)
     return history
+
+
+def _rank_seed(seed: int) -> int:
+    """The seed of this rank's random draws (noise, flow-matching times): rank 0 draws what
+    a single process would."""
+    return seed + 1_000_003 * distributed.rank()
 
 
 def mean_and_stderr(values: np.ndarray) -> tuple[float, float]:
