@@ -44,11 +44,11 @@ from cnflow.training import (
     EndlessSamples,
     History,
     TrainConfig,
-    check_number,
     evaluate,
     fit,
     mean_and_stderr,
 )
+from cnflow.validation import check_choice, check_float, check_int
 
 CHECKPOINT_FORMAT = "cnflow-cnf"
 CHECKPOINT_VERSION = 3
@@ -132,8 +132,7 @@ class FitConfig(TrainConfig):
     def __post_init__(self) -> None:
         if self.objective is None:
             self.objective = DEFAULT_OBJECTIVE["builtin" if self.builtin else "file"]
-        if self.objective not in OBJECTIVES:
-            raise ValueError(f"objective={self.objective!r} is not one of {list(OBJECTIVES)}")
+        check_choice("objective", self.objective, OBJECTIVES)
         mle = self.objective == "mle"
         if self.finetune is None:
             self.finetune = 0 if mle else DEFAULT_FINETUNE["builtin" if self.builtin else "file"]
@@ -151,18 +150,16 @@ class FitConfig(TrainConfig):
         if self.kinetic is None:
             self.kinetic = 0.0 if self.builtin else 0.01
         super().__post_init__()
-        check_number("finetune", self.finetune, integer=True, allow_zero=True)
-        check_number("finetune_lr", self.finetune_lr)
-        check_number("iterations", self.iterations, integer=True)
+        check_int("finetune", self.finetune, minimum=0)
+        check_float("finetune_lr", self.finetune_lr)
+        check_int("iterations", self.iterations)
         if self.context is not None and self.builtin:
             raise ValueError(f"context columns need a table; {self.dataset!r} is a built-in "
                              "dataset")
-        if self.dynamics not in DYNAMICS:
-            raise ValueError(f"dynamics={self.dynamics!r} is not one of {list(DYNAMICS)}")
+        check_choice("dynamics", self.dynamics, DYNAMICS)
         for name in ("val_fraction", "test_fraction"):
-            value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and 0 <= value < 1):
-                raise ValueError(f"{name} must be in [0, 1), got {value!r}")
+            check_float(name, getattr(self, name), allow_minimum=True, maximum=1,
+                        allow_maximum=False)
         if self.val_fraction + self.test_fraction >= 1:
             raise ValueError(f"val_fraction + test_fraction must be below 1, got "
                              f"{self.val_fraction} + {self.test_fraction}")

@@ -62,24 +62,11 @@ from cnflow.flows.base import Flow
 from cnflow.objectives import MaximumLikelihood
 from cnflow.runs import save_checkpoint
 from cnflow.solvers import ODESolverError
+from cnflow.validation import check_choice, check_float, check_int
 
 LR_SCHEDULES = ("cosine", "constant")
 # Rows, or rows with their context: ``x`` of shape (n, dim) or ``(x, c)`` with c (n, k).
 Rows = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
-
-
-def check_number(name: str, value: Any, *, integer: bool = False, minimum: float = 0,
-                  allow_zero: bool = False, optional: bool = False) -> None:
-    if value is None and optional:
-        return
-    kinds = (int,) if integer else (int, float)
-    ok = isinstance(value, kinds) and not isinstance(value, bool) and math.isfinite(value)
-    ok = ok and (value >= minimum if allow_zero else value > minimum)
-    if not ok:
-        what = "an integer" if integer else "a number"
-        bound = f">= {minimum}" if allow_zero else f"> {minimum}"
-        none = " or None" if optional else ""
-        raise ValueError(f"{name} must be {what} {bound}{none}, got {value!r}")
 
 
 @dataclass
@@ -121,19 +108,17 @@ class TrainConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        check_number("epochs", self.epochs, integer=True)
-        check_number("min_epoch_steps", self.min_epoch_steps, integer=True)
-        check_number("batch_size", self.batch_size, integer=True)
-        check_number("lr", self.lr)
-        check_number("weight_decay", self.weight_decay, allow_zero=True)
-        check_number("grad_clip", self.grad_clip, optional=True)
-        check_number("patience", self.patience, integer=True, optional=True)
-        check_number("max_time", self.max_time, optional=True)
-        check_number("max_steps", self.max_steps, integer=True, optional=True)
-        check_number("seed", self.seed, integer=True, allow_zero=True)
-        if self.lr_schedule not in LR_SCHEDULES:
-            raise ValueError(f"lr_schedule={self.lr_schedule!r} is not one of "
-                             f"{list(LR_SCHEDULES)}")
+        check_int("epochs", self.epochs)
+        check_int("min_epoch_steps", self.min_epoch_steps)
+        check_int("batch_size", self.batch_size)
+        check_float("lr", self.lr)
+        check_float("weight_decay", self.weight_decay, allow_minimum=True)
+        check_float("grad_clip", self.grad_clip, optional=True)
+        check_int("patience", self.patience, optional=True)
+        check_float("max_time", self.max_time, optional=True)
+        check_int("max_steps", self.max_steps, optional=True)
+        check_int("seed", self.seed, minimum=0)
+        check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
 
     def loop_settings(self) -> dict[str, Any]:
         """Only the fields of :class:`TrainConfig` (a subclass may add its own)."""
@@ -157,9 +142,9 @@ class EndlessSamples:
 
     def __init__(self, sample: Callable[[int, int], Rows], steps_per_epoch: int,
                  seed: int = 0, steps: int | None = None, first_step: int = 0):
-        check_number("steps_per_epoch", steps_per_epoch, integer=True)
-        check_number("steps", steps, integer=True, optional=True)
-        check_number("first_step", first_step, integer=True, allow_zero=True)
+        check_int("steps_per_epoch", steps_per_epoch)
+        check_int("steps", steps, optional=True)
+        check_int("first_step", first_step, minimum=0)
         self.sample, self.steps_per_epoch, self.seed = sample, steps_per_epoch, seed
         self.steps, self.first_step = steps, first_step
 

@@ -93,7 +93,7 @@ def test_report_without_results_fails_clearly(tmp_path):
 
 
 def test_configs_validate_their_arguments():
-    with pytest.raises(ValueError, match="nf_layers entries must be integers >= 1, got 0"):
+    with pytest.raises(ValueError, match="nf_layers entries must be an integer >= 1, got 0"):
         DensityMatchingConfig(nf_layers=(0,))
     with pytest.raises(ValueError, match="targets must not be empty"):
         DensityMatchingConfig(targets=())
@@ -101,7 +101,7 @@ def test_configs_validate_their_arguments():
         DensityMatchingConfig(targets=("U7",))
     with pytest.raises(ValueError, match="datasets has unknown entries"):
         MLEConfig(datasets=("spiral",))
-    with pytest.raises(ValueError, match="nf_lr must be a positive float, got -1"):
+    with pytest.raises(ValueError, match="nf_lr must be a finite number > 0, got -1"):
         MLEConfig(nf_lr=-1)
 
 

@@ -168,7 +168,7 @@ def test_train_classifier_records_history():
     assert epoch["nfe_forward_train"] == 8 and epoch["nfe_backward_train"] >= 8
     assert len(result["batches"]) == 3
     assert result["peak_training_bytes"] > result["state_bytes"] > 0
-    with pytest.raises(ValueError, match="epochs=0"):
+    with pytest.raises(ValueError, match="epochs must be an integer >= 1, got 0"):
         train_classifier(model, data, epochs=0)
 
 
@@ -318,7 +318,7 @@ def test_offline_split_is_fixed_and_named():
     assert set(data.y_test.tolist()) == set(range(10))
     total = torch.bincount(torch.cat([data.y_train, data.y_test]), minlength=10)
     assert total.sum() == 10000 and total.min() > 800
-    with pytest.raises(ValueError, match="n_train=10000"):
+    with pytest.raises(ValueError, match=r"n_train must be an integer in \[1, 9999\], got 10000"):
         load_mnist_offline(10000)
 
 

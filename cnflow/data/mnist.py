@@ -31,6 +31,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cnflow.validation import check_float, check_int
+
 __all__ = [
     "MAX_IDX_BYTES",
     "OFFLINE_DIR",
@@ -317,8 +319,7 @@ def load_mnist_offline(n_train: int = 8000, *, seed: int = OFFLINE_SPLIT_SEED,
                                                 "t10k")
     x, y = load_idx_pair(images_path, labels_path)
     n = len(y)
-    if isinstance(n_train, bool) or not isinstance(n_train, int) or not 0 < n_train < n:
-        raise ValueError(f"n_train={n_train!r} must be an integer in 1..{n - 1}")
+    check_int("n_train", n_train, maximum=n - 1)
     order = torch.from_numpy(np.random.RandomState(seed).permutation(n))
     train, test = order[:n_train], order[n_train:]
     name = f"MNIST-t10k split {n_train}/{n - n_train}"
@@ -343,8 +344,7 @@ def load_digits(test_fraction: float = 0.2, *, seed: int = 0) -> ClassificationD
     """
     from sklearn.datasets import load_digits as _sk_load_digits
 
-    if not isinstance(test_fraction, (int, float)) or not 0.0 < test_fraction < 1.0:
-        raise ValueError(f"test_fraction={test_fraction!r} must be a number in (0, 1)")
+    check_float("test_fraction", test_fraction, maximum=1, allow_maximum=False)
     bunch = _sk_load_digits()
     x = torch.from_numpy(bunch.images.astype(np.float32) / 16.0).unsqueeze(1)
     y = torch.from_numpy(bunch.target.astype(np.int64))

@@ -39,6 +39,7 @@ from cnflow.flows.base import Flow
 from cnflow.flows.cnf import CNF, GatedHyperDynamics
 from cnflow.flows.planar import PlanarFlow
 from cnflow.runs import environment, run_directory, write_json, write_text
+from cnflow.validation import check_choices, check_float, check_int, check_ints
 
 # Disjoint seed ranges: training batches, evaluation samples and test sets never overlap.
 _EVAL_SEED = 10**6
@@ -51,42 +52,6 @@ DENSITY_MAX_SEED = 2**64 - 1 - _EVAL_SEED
 #: ``seed * 10**7 + i``, which sklearn's data sets need below 2**32 (for fewer than 10**7
 #: steps).
 MLE_MAX_SEED = (2**32 - 1) // 10**7 - 1
-
-
-def _check_names(name: str, values: Sequence[str], known: Sequence[str]) -> tuple[str, ...]:
-    values = tuple(values)
-    if not values:
-        raise ValueError(f"{name} must not be empty; choose from {list(known)}")
-    unknown = [v for v in values if v not in known]
-    if unknown:
-        raise ValueError(f"{name} has unknown entries {unknown}; choose from {list(known)}")
-    if len(set(values)) != len(values):
-        raise ValueError(f"{name} has repeated entries: {list(values)}")
-    return values
-
-
-def _check_ints(name: str, values: Sequence[int], minimum: int,
-                maximum: int | None = None) -> tuple[int, ...]:
-    values = tuple(values)
-    if not values:
-        raise ValueError(f"{name} must not be empty")
-    for v in values:
-        if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
-            raise ValueError(f"{name} entries must be integers >= {minimum}, got {v!r}")
-        if maximum is not None and v > maximum:
-            raise ValueError(f"{name} entries must be at most {maximum}, got {v!r}")
-    if len(set(values)) != len(values):
-        raise ValueError(f"{name} has repeated entries: {list(values)}")
-    return values
-
-
-def _check_positive(name: str, value: Any, kind: type = int) -> None:
-    if kind is int:
-        ok = isinstance(value, int) and not isinstance(value, bool) and value >= 1
-    else:
-        ok = isinstance(value, (int, float)) and math.isfinite(value) and value > 0
-    if not ok:
-        raise ValueError(f"{name} must be a positive {kind.__name__}, got {value!r}")
 
 
 @dataclass
@@ -129,19 +94,16 @@ class DensityMatchingConfig:
     box_wall: float = 100.0
 
     def __post_init__(self) -> None:
-        self.targets = _check_names("targets", self.targets, toydata.energy.names())
-        self.nf_layers = _check_ints("nf_layers", self.nf_layers, 1)
-        self.cnf_widths = _check_ints("cnf_widths", self.cnf_widths, 1)
-        self.seeds = _check_ints("seeds", self.seeds, 0, DENSITY_MAX_SEED)
+        self.targets = check_choices("targets", self.targets, toydata.energy.names())
+        self.nf_layers = check_ints("nf_layers", self.nf_layers)
+        self.cnf_widths = check_ints("cnf_widths", self.cnf_widths)
+        self.seeds = check_ints("seeds", self.seeds, minimum=0, maximum=DENSITY_MAX_SEED)
         for name in ("nf_iterations", "cnf_iterations", "batch_size", "hidden",
                      "eval_samples", "grid"):
-            _check_positive(name, getattr(self, name))
+            check_int(name, getattr(self, name))
         for name in ("nf_lr", "cnf_lr", "rtol", "atol", "eval_tol"):
-            _check_positive(name, getattr(self, name), float)
-        wall = self.box_wall
-        if isinstance(wall, bool) or not isinstance(wall, (int, float)) or \
-                not math.isfinite(wall) or wall < 0:
-            raise ValueError(f"box_wall must be a finite number >= 0, got {wall!r}")
+            check_float(name, getattr(self, name))
+        check_float("box_wall", self.box_wall, allow_minimum=True)
 
 
 @dataclass
@@ -183,16 +145,13 @@ class MLEConfig:
     figure_samples: int = field(default=20000, repr=False)
 
     def __post_init__(self) -> None:
-        self.datasets = _check_names("datasets", self.datasets, toydata.names(dim=2))
+        self.datasets = check_choices("datasets", self.datasets, toydata.names(dim=2))
         for name in ("nf_layers", "cnf_width", "nf_iterations", "cnf_iterations",
                      "batch_size", "hidden", "test_size", "grid", "figure_samples"):
-            _check_positive(name, getattr(self, name))
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or \
-                not 0 <= self.seed <= MLE_MAX_SEED:
-            raise ValueError(f"seed must be an integer in [0, {MLE_MAX_SEED}], "
-                             f"got {self.seed!r}")
+            check_int(name, getattr(self, name))
+        check_int("seed", self.seed, minimum=0, maximum=MLE_MAX_SEED)
         for name in ("nf_lr", "cnf_lr", "rtol", "atol", "eval_tol"):
-            _check_positive(name, getattr(self, name), float)
+            check_float(name, getattr(self, name))
 
 
 # -- shared pieces --------------------------------------------------------------------------
@@ -386,8 +345,7 @@ def density_matching(config: DensityMatchingConfig, out_dir: str | Path, command
     Returns:
         The dictionary written to ``density_matching.json``.
     """
-    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
-        raise ValueError(f"jobs must be a positive integer, got {jobs!r}")
+    check_int("jobs", jobs)
     with _claim(out_dir, "density_matching", overwrite) as out:
         return _density_matching(config, out, command, progress, jobs)
 

@@ -46,6 +46,7 @@ from cnflow.models.odenet import (
     ode_blocks,
 )
 from cnflow.runs import environment, write_json, write_text
+from cnflow.validation import check_float, check_int
 
 if TYPE_CHECKING:  # typing.Self needs Python 3.11; only type checkers read this
     from typing_extensions import Self
@@ -195,8 +196,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch_size: 
         ``{"loss", "error", "nfe_forward"}``; ``nfe_forward`` is None for models without
         ODE blocks.
     """
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size={batch_size!r} must be a positive integer")
+    check_int("batch_size", batch_size)
     was_training = model.training
     model.eval()
     loss_sum, wrong, nfes = 0.0, 0, []
@@ -216,13 +216,9 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch_size: 
 
 
 def _check_training_args(epochs: Any, batch_size: Any, lr: Any) -> None:
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
-        raise ValueError(f"epochs={epochs!r} must be a positive integer")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size={batch_size!r} must be a positive integer")
-    if (isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr)
-            or lr <= 0):
-        raise ValueError(f"lr={lr!r} must be a positive number")
+    check_int("epochs", epochs)
+    check_int("batch_size", batch_size)
+    check_float("lr", lr)
 
 
 def train_classifier(model: nn.Module, data: ClassificationData, *, epochs: int,
