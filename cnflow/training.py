@@ -1,7 +1,8 @@
 """The one training loop: any objective (maximum likelihood, flow matching) for any flow,
-on a finite table or on endless fresh samples, with or without a context per row.
+and for any other model with its own objective (a classifier, a latent ODE), on a finite
+table or on endless fresh samples, with or without a context per row.
 
-:func:`fit` is a plain function: give it a flow, training data, validation data and a
+:func:`fit` is a plain function: give it a model, training data, a validation score and a
 :class:`TrainConfig`; it returns a :class:`History`. What it does, in order of the loop:
 
 * **epochs** over shuffled minibatches (a torch ``DataLoader`` over the table, reshuffled
@@ -11,9 +12,9 @@ on a finite table or on endless fresh samples, with or without a context per row
   gradient-norm clipping. The run's progress is the larger of the share of steps done and,
   with ``max_time``, the share of the CPU budget spent, so a run cut short by its budget
   still anneals (such a run is then reproducible only up to its timing);
-* before the first epoch and after every epoch, the **validation NLL** in eval mode (exact
-  trace, the flow's eval tolerance), whatever the objective; the best-validation weights
-  (the initial ones included) are kept, and restored at the end;
+* before the first epoch and after every epoch, the **validation score** in eval mode: for
+  a flow the exact NLL (exact trace, the flow's eval tolerance), whatever the objective; the
+  best-validation weights (the initial ones included) are kept, and restored at the end;
 * **early stopping** after ``patience`` validations without improvement, a **CPU-time
   budget** (``max_time``, CPU seconds of this process, so it means the same on a loaded
   machine), and a clean stop when the loss becomes non-finite;
@@ -299,110 +300,151 @@ def evaluate(flow: Flow, rows: Rows, batch: int = 10000) -> tuple[np.ndarray, in
 
 
 class _ObjectiveModule(nn.Module):
-    """The objective on the flow as a module: DistributedDataParallel wraps a forward."""
+    """The objective on the model as a module: DistributedDataParallel wraps a forward."""
 
-    def __init__(self, flow: Flow, objective: Callable):
+    def __init__(self, model: nn.Module, objective: Callable):
         super().__init__()
-        self.flow, self.objective = flow, objective
+        self.model, self.objective = model, objective
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor | None):
-        return self.objective(self.flow, x, context)
+    def forward(self, *batch: torch.Tensor):
+        return self.objective(self.model, *batch)
 
 
-def training_objective(flow: Flow, objective: Callable) -> Callable:
-    """``objective(flow, x, context)`` as :func:`fit` calls it: under ``torchrun``, through
-    ``DistributedDataParallel`` (which broadcasts rank 0's weights now and averages the
-    gradients in every ``backward``); the plain function otherwise."""
+def training_objective(model: nn.Module, objective: Callable) -> Callable:
+    """``objective(model, *batch)`` as :func:`fit` calls it, ``step(*batch)``: under
+    ``torchrun`` through ``DistributedDataParallel`` (which broadcasts rank 0's weights now
+    and averages the gradients in every ``backward``), the plain function otherwise."""
     if distributed.world_size() == 1:
-        return lambda x, context: objective(flow, x, context)
-    devices = [flow.device] if flow.device.type == "cuda" else None
+        return lambda *batch: objective(model, *batch)
+    device = _device_and_dtype(model)[0]
+    devices = [device] if device.type == "cuda" else None
     # The buffers (the normalisation) are set from the same data on every rank and never
     # change while training: synced once here, not before every forward.
     no_sync = ({"forward_sync_buffers": False} if "forward_sync_buffers" in
                inspect.signature(DistributedDataParallel).parameters
                else {"broadcast_buffers": False})  # torch before 2.13
-    return DistributedDataParallel(_ObjectiveModule(flow, objective), device_ids=devices,
+    return DistributedDataParallel(_ObjectiveModule(model, objective), device_ids=devices,
                                    **no_sync)
 
 
-def shard_batch(x: torch.Tensor, context: torch.Tensor | None
-                ) -> tuple[torch.Tensor, torch.Tensor | None, float]:
-    """This rank's rows of a global batch and the weight of its loss.
+def shard_batch(batch: tuple[torch.Tensor, ...]) -> tuple[tuple[torch.Tensor, ...], float]:
+    """This rank's rows of a global batch (every tensor of it) and the weight of its loss.
 
     DistributedDataParallel averages the ranks' gradients; weighting each rank's mean loss
     by ``rows_here * ranks / rows`` makes that average the gradient of the mean over the
     whole batch, also when the rows do not divide evenly.
     """
-    part = distributed.shard(len(x))
-    weight = (part.stop - part.start) * distributed.world_size() / len(x)
-    return x[part], None if context is None else context[part], weight
+    rows = len(batch[0])
+    part = distributed.shard(rows)
+    weight = (part.stop - part.start) * distributed.world_size() / rows
+    return tuple(t[part] for t in batch), weight
 
 
-def _nfe(flow: Flow) -> tuple[int | None, int | None]:
-    stats = getattr(flow, "last_stats", None)
+def _device_and_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
+    if isinstance(model, Flow):
+        return model.device, model.dtype
+    parameter = next(model.parameters(), None)
+    if parameter is None:
+        raise ValueError(f"{type(model).__name__} has no parameters to train")
+    return parameter.device, parameter.dtype
+
+
+def _table(model: nn.Module, rows: Rows | tuple[torch.Tensor, ...], name: str
+           ) -> tuple[torch.Tensor, ...]:
+    """The tensors of a table, one row per example: ``(x,)`` or ``(x, context)`` checked
+    against a flow; for any other model, tensors of equal length."""
+    if isinstance(model, Flow):
+        x, context = _rows(model, rows, name)
+        return (x,) if context is None else (x, context)
+    rows = (rows,) if isinstance(rows, torch.Tensor) else tuple(rows)
+    if not rows or not all(isinstance(t, torch.Tensor) and t.dim() >= 1 for t in rows):
+        raise TypeError(f"{name} must be a tensor or a tuple of tensors, one row per example")
+    lengths = {len(t) for t in rows}
+    if len(lengths) != 1:
+        raise ValueError(f"{name}: its tensors have different numbers of rows "
+                         f"{[len(t) for t in rows]}")
+    return rows
+
+
+def _nfe(model: nn.Module) -> tuple[int | None, int | None]:
+    stats = getattr(model, "last_stats", None)
     if stats is None:
         return None, None
     return stats.forward.nfe, stats.backward.nfe if stats.backward else 0
 
 
-def fit(flow: Flow, train: Rows | EndlessSamples, val: Rows | None,
-        config: TrainConfig, *, objective: Callable | None = None,
-        checkpoint: str | Path | None = None,
+def fit(model: nn.Module, train: Rows | tuple[torch.Tensor, ...] | EndlessSamples,
+        val: Rows | Callable[[nn.Module], float] | None, config: TrainConfig, *,
+        objective: Callable | None = None, checkpoint: str | Path | None = None,
         resume: dict[str, Any] | None = None, extra_state: dict[str, Any] | None = None,
         augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
         on_epoch: Callable[[dict[str, Any]], None] | None = None,
         progress: bool | None = None, desc: str = "fit") -> History:
-    """Train ``flow``; restore its best-validation weights.
+    """Train ``model``; restore its best-validation weights.
 
     Args:
-        flow: any :class:`~cnflow.flows.base.Flow`, already on its device and normalised.
-        train: a ``(n, dim)`` tensor, or ``(x, context)`` for a conditional flow (finite
-            data: epochs over shuffled minibatches), or :class:`EndlessSamples`.
-        val: ``(m, dim)`` validation rows (or ``(x, context)``), or None (then the last
-            weights are kept).
+        model: a :class:`~cnflow.flows.base.Flow` (already on its device and normalised),
+            or any module with an ``objective``.
+        train: a table: a tensor or a tuple of tensors with one row per example (for a
+            flow ``x``, or ``(x, context)`` for a conditional one), shuffled into
+            minibatches every epoch; or :class:`EndlessSamples`.
+        val: the validation score, lower is better: for a flow, rows (as ``train``) whose
+            exact NLL it is; for any model, a callable ``val(model) -> float`` (called in
+            eval mode, without a graph). None: no validation, the last weights are kept.
         config: loop settings.
-        objective: ``objective(flow, x, context) -> (loss, report)``, for example
-            :class:`~cnflow.objectives.FlowMatching`; default maximum likelihood.
+        objective: ``objective(model, *batch) -> (loss, report)`` with the batch's tensors
+            (for a flow ``x`` and its context), for example
+            :class:`~cnflow.objectives.FlowMatching`; a flow's default is maximum likelihood.
         checkpoint: file rewritten atomically after every epoch.
         resume: a checkpoint dict written by this function; the loop continues after its
             last completed epoch.
         extra_state: entries stored in every checkpoint beside the loop's own (for
             example, what is needed to rebuild the model).
-        augment: applied to every training batch (for example dequantisation noise).
+        augment: applied to the first tensor of every training batch (for example
+            dequantisation noise).
         on_epoch: called with each epoch's record, after its checkpoint is written.
         progress: show a progress bar; None shows it only on a terminal.
         desc: the progress bar's label.
 
     Returns:
-        The :class:`History`; ``flow`` holds the best-validation weights, in train mode.
+        The :class:`History` (``best_val_nll`` and the records' ``val_nll`` hold the
+        validation score); ``model`` holds the best-validation weights, in train mode.
     """
-    if not isinstance(flow, Flow):
-        raise TypeError(f"flow must be a cnflow Flow, got {type(flow).__name__}")
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch module, got {type(model).__name__}")
     if not isinstance(config, TrainConfig):
         raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
+    is_flow = isinstance(model, Flow)
+    if objective is None and not is_flow:
+        raise TypeError(f"{type(model).__name__} is not a cnflow Flow: give its objective")
     if isinstance(train, (torch.Tensor, tuple)):
-        x, context = _rows(flow, train, "train")
-        if len(x) < 2:
-            raise ValueError(f"train must hold at least 2 rows, got {len(x)}")
-        table = (x.cpu(),) if context is None else (x.cpu(), context.cpu())
-        source = _Table(table, config.batch_size, config.seed, config.min_epoch_steps)
+        table = _table(model, train, "train")
+        if len(table[0]) < 2:
+            raise ValueError(f"train must hold at least 2 rows, got {len(table[0])}")
+        source = _Table(tuple(t.cpu() for t in table), config.batch_size, config.seed,
+                        config.min_epoch_steps)
     elif isinstance(train, EndlessSamples):
         source = train
         if train.epochs is not None:
             config = TrainConfig(**{**config.loop_settings(), "epochs": train.epochs})
     else:
-        raise TypeError(f"train must be a tensor or EndlessSamples, got {type(train).__name__}")
-    if val is not None:
-        val = _rows(flow, val, "val")
+        raise TypeError(f"train must be a tensor, a tuple of tensors or EndlessSamples, got "
+                        f"{type(train).__name__}")
+    if val is not None and not callable(val):
+        if not is_flow:
+            raise TypeError(f"val must be a callable score for {type(model).__name__} (rows "
+                            "are scored by their NLL only for a model)")
+        val = _rows(model, val, "val")
     objective = MaximumLikelihood() if objective is None else objective
+    device, dtype = _device_and_dtype(model)
     ranks, main = distributed.world_size(), distributed.is_main()
     rows = len(source.dataset) if isinstance(source, _Table) else config.batch_size
     if min(config.batch_size, rows) < ranks:
         raise ValueError(f"batch_size={min(config.batch_size, rows)} gives fewer rows than "
                          f"the {ranks} processes; use a batch of at least {ranks} rows")
-    step_objective = training_objective(flow, objective)
+    step_objective = training_objective(model, objective)
 
-    optimizer = torch.optim.Adam(flow.parameters(), lr=config.lr,
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr,
                                  weight_decay=config.weight_decay)
     total_steps = source.total_steps(config.epochs)
     if config.max_steps is not None:
@@ -419,12 +461,12 @@ def fit(flow: Flow, train: Rows | EndlessSamples, val: Rows | None,
             group["lr"] = config.lr * factor
 
     history = History()
-    best_weights = copy.deepcopy(flow.state_dict())
+    best_weights = copy.deepcopy(model.state_dict())
     best_val, bad_rounds, first_epoch = math.inf, 0, 0
     skip = 0  # batches of the first epoch already trained (a resume inside an epoch)
     if resume is not None:
         loop = resume["loop"]
-        flow.load_state_dict(resume["last_model"])
+        model.load_state_dict(resume["last_model"])
         optimizer.load_state_dict(resume["optimizer"])
         best_weights = resume["model"]
         best_val = loop["best_val"] if loop["best_val"] is not None else math.inf
@@ -459,7 +501,7 @@ def fit(flow: Flow, train: Rows | EndlessSamples, val: Rows | None,
         if not main:
             return
         save_checkpoint({
-            **(extra_state or {}), "model": best_weights, "last_model": flow.state_dict(),
+            **(extra_state or {}), "model": best_weights, "last_model": model.state_dict(),
             "optimizer": optimizer.state_dict(),
             "rng": torch.get_rng_state(), "rank_rngs": rank_rngs,
             "train_config": config.loop_settings(),
@@ -474,7 +516,15 @@ def fit(flow: Flow, train: Rows | EndlessSamples, val: Rows | None,
 
     def validate() -> float:
         try:
-            return float(evaluate(flow, val)[0].mean())
+            if not callable(val):
+                return float(evaluate(model, val)[0].mean())
+            was_training = model.training
+            model.eval()
+            try:
+                with torch.no_grad():
+                    return float(val(model))
+            finally:
+                model.train(was_training)
         except ODESolverError:
             return math.nan
 
@@ -486,7 +536,7 @@ def fit(flow: Flow, train: Rows | EndlessSamples, val: Rows | None,
             history.initial_val_nll = validate()
             if math.isfinite(history.initial_val_nll):
                 best_val = history.best_val_nll = history.initial_val_nll
-    flow.train()
+    model.train()
     bar = tqdm(total=total_steps, initial=history.steps, desc=desc, unit="step",
                disable=(not progress or not main) if progress is not None else
                (None if main else True), dynamic_ncols=True)
@@ -513,17 +563,16 @@ def fit(flow: Flow, train: Rows | EndlessSamples, val: Rows | None,
             if history.steps >= total_steps:
                 stop = "steps"
                 break
-            x, context = (batch, None) if isinstance(batch, torch.Tensor) else \
-                (batch[0], batch[1] if len(batch) > 1 else None)
-            x, context, weight = shard_batch(x, context)
-            x = x.to(flow.device, flow.dtype)
-            if context is not None:
-                context = context.to(flow.device, flow.dtype)
+            batch, weight = shard_batch((batch,) if isinstance(batch, torch.Tensor)
+                                        else tuple(batch))
+            # Floating-point tensors in the model's dtype; labels and indices stay as they are.
+            batch = tuple(t.to(device, dtype) if t.is_floating_point() else t.to(device)
+                          for t in batch)
             if augment is not None:
-                x = augment(x)
+                batch = (augment(batch[0]), *batch[1:])
             optimizer.zero_grad(set_to_none=True)
             try:
-                loss, report = step_objective(x, context)
+                loss, report = step_objective(*batch)
                 failed = not torch.isfinite(loss)
             except ODESolverError:
                 failed = True  # a blown-up field: stop like a non-finite loss
@@ -540,7 +589,7 @@ def fit(flow: Flow, train: Rows | EndlessSamples, val: Rows | None,
                 stop = "non-finite loss"
                 break
             norm = torch.nn.utils.clip_grad_norm_(
-                flow.parameters(), config.grad_clip if config.grad_clip is not None else math.inf)
+                model.parameters(), config.grad_clip if config.grad_clip is not None else math.inf)
             if not torch.isfinite(norm):
                 stop = "non-finite loss"  # a step now would write NaN into the weights
                 break
@@ -549,7 +598,7 @@ def fit(flow: Flow, train: Rows | EndlessSamples, val: Rows | None,
             history.steps += 1
             done += 1
             losses.append(float(report))
-            forward, backward = _nfe(flow)
+            forward, backward = _nfe(model)
             if forward is not None:
                 nfe_f.append(forward)
                 nfe_b.append(backward)
@@ -570,12 +619,12 @@ def fit(flow: Flow, train: Rows | EndlessSamples, val: Rows | None,
                 stop = "non-finite loss"
             if val_nll < best_val:
                 best_val, bad_rounds = val_nll, 0
-                best_weights = copy.deepcopy(flow.state_dict())
+                best_weights = copy.deepcopy(model.state_dict())
                 history.best_epoch, history.best_val_nll = epoch + 1, val_nll
             elif not cut:
                 bad_rounds += 1
         else:
-            best_weights = copy.deepcopy(flow.state_dict())
+            best_weights = copy.deepcopy(model.state_dict())
             history.best_epoch = epoch + 1
         history.cpu_seconds = time.process_time() - cpu_start
         history.wall_seconds = time.perf_counter() - wall_start
@@ -620,7 +669,7 @@ def fit(flow: Flow, train: Rows | EndlessSamples, val: Rows | None,
                       "clipping or tighter training tolerances.", stacklevel=2)
     # The last checkpoint already holds these weights as "model" (and the current ones as
     # "last_model", so a resumed run continues from where this one stopped).
-    flow.load_state_dict(best_weights)
+    model.load_state_dict(best_weights)
     return history
 
 

@@ -55,8 +55,8 @@ def _worker(rank: int, out: str) -> None:
                 for p in flow.parameters():
                     p.add_(1.0)
         step = training_objective(flow, MaximumLikelihood())
-        x, context, weight = shard_batch(_batch(), None)
-        loss, _ = step(x, context)
+        (x,), weight = shard_batch((_batch(),))
+        loss, _ = step(x)
         (loss * weight).backward()
         grads = [p.grad.clone() for p in flow.parameters()]
         nll, nfe = evaluate(flow, _batch())

@@ -224,3 +224,48 @@ def test_a_run_cut_inside_an_epoch_by_its_budget_resumes_at_the_next_batch(tmp_p
     assert reference.steps == 12
     for a, b in zip(_weights(resumed), _weights(uninterrupted)):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def _two_gaussians(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, 2, (n,), generator=g)
+    return torch.randn(n, 2, generator=g) + 2.0 * labels[:, None], labels
+
+
+def test_fit_trains_any_module_with_its_objective_and_a_callable_score(tmp_path):
+    """A classifier through the same loop: its labels stay integers, the score is the
+    validation error rate, and the best-scoring weights come back."""
+    x, y = _two_gaussians(400, 0)
+    x_val, y_val = _two_gaussians(400, 1)
+    torch.manual_seed(0)
+    model = torch.nn.Linear(2, 2)
+
+    def cross_entropy(module, inputs, labels):
+        assert labels.dtype == torch.int64  # not cast to the model's dtype
+        loss = torch.nn.functional.cross_entropy(module(inputs), labels)
+        return loss, loss.detach()
+
+    def error(module) -> float:
+        return float((module(x_val).argmax(1) != y_val).double().mean())
+
+    start = error(model)
+    history = fit(model, (x, y), error, TrainConfig(epochs=5, batch_size=50, lr=0.05),
+                  objective=cross_entropy, checkpoint=tmp_path / "ckpt.pt", progress=False)
+    assert history.initial_val_nll == pytest.approx(start)
+    # Two unit Gaussians 2*sqrt(2) apart: the Bayes error is Phi(-sqrt(2)) = 0.079.
+    assert history.best_val_nll < 0.12 < start
+    assert error(model) == pytest.approx(history.best_val_nll)
+    assert (tmp_path / "ckpt.pt").exists()
+
+
+def test_fit_refuses_a_module_without_objective_or_with_rows_to_score():
+    model = torch.nn.Linear(2, 2)
+    x, y = _two_gaussians(10, 0)
+    with pytest.raises(TypeError, match="give its objective"):
+        fit(model, (x, y), None, TrainConfig(epochs=1), progress=False)
+    with pytest.raises(TypeError, match="val must be a callable score"):
+        fit(model, (x, y), (x, y), TrainConfig(epochs=1), objective=lambda m, a, b: None,
+            progress=False)
+    with pytest.raises(ValueError, match="different numbers of rows"):
+        fit(model, (x, y[:5]), None, TrainConfig(epochs=1), objective=lambda m, a, b: None,
+            progress=False)

@@ -38,7 +38,9 @@ import toydata
 from cnflow.flows.base import Flow
 from cnflow.flows.cnf import CNF, GatedHyperDynamics
 from cnflow.flows.planar import PlanarFlow
+from cnflow.objectives import MaximumLikelihood, ReverseKL
 from cnflow.runs import environment, run_directory, write_json, write_text
+from cnflow.training import EndlessSamples, TrainConfig, evaluate, fit
 from cnflow.validation import check_choices, check_float, check_int, check_ints
 
 # Disjoint seed ranges: training batches, evaluation samples and test sets never overlap.
@@ -173,13 +175,6 @@ def _claim(out_dir: str | Path, experiment: str, overwrite: bool):
                          resumable=False, keep_lock=False)
 
 
-def _optimizer(flow: Flow, lr: float, iterations: int):
-    optimizer = torch.optim.Adam(flow.parameters(), lr=lr)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=iterations,
-                                                           eta_min=lr * 1e-2)
-    return optimizer, scheduler
-
-
 def _mean_stderr(values: np.ndarray) -> tuple[float, float]:
     values = np.asarray(values, dtype=np.float64)
     if len(values) < 2:
@@ -218,30 +213,32 @@ class _Clock:
                 "wall_seconds": time.perf_counter() - self.wall}
 
 
-def _train(flow: Flow, loss_fn: Callable[[int], torch.Tensor], iterations: int, lr: float,
-           bar: tqdm, label: str) -> dict[str, Any]:
-    """Adam with cosine decay; a step with a non-finite loss is skipped and counted."""
-    optimizer, scheduler = _optimizer(flow, lr, iterations)
-    flow.train()
-    losses, skipped = [], 0
+def _train(flow: Flow, batches: Callable[[int, int], torch.Tensor], objective: Callable,
+           iterations: int, lr: float, batch_size: int, seed: int, bar: tqdm, label: str
+           ) -> dict[str, Any]:
+    """``iterations`` steps of :func:`cnflow.training.fit` on ``batches(n, seed)`` (Adam,
+    cosine decay to lr/100, no validation: the last weights are kept); ``bar`` counts them."""
     bar.set_description(label)
-    for iteration in range(iterations):
-        loss = loss_fn(iteration)
-        optimizer.zero_grad(set_to_none=True)
-        if torch.isfinite(loss):
-            loss.backward()
-            optimizer.step()
-            losses.append(loss.item())
-        else:
-            skipped += 1
-        scheduler.step()
-        bar.update(1)
-        if losses:
-            bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
+    # Twenty records: the last one's mean loss is that of the last 5 % of the steps.
+    source = EndlessSamples(batches, max(1, iterations // 20), seed=seed, steps=iterations)
+    done = [0]
+
+    def advance(record: dict[str, Any]) -> None:
+        bar.update(record["step"] - done[0])
+        done[0] = record["step"]
+        bar.set_postfix(loss=f"{record['train_loss']:.3f}", refresh=False)
+
+    history = fit(flow, source, None, TrainConfig(batch_size=batch_size, lr=lr, patience=None,
+                                                  seed=seed),
+                  objective=objective, on_epoch=advance, progress=False)
     flow.eval()
-    tail = losses[-max(1, iterations // 20):]
-    return {"final_train_loss": float(np.mean(tail)) if tail else None,
-            "skipped_steps": skipped, "iterations": iterations}
+    return {"final_train_loss": history.records[-1]["train_loss"],
+            "stop_reason": history.stop_reason, "iterations": history.steps}
+
+
+def _base_noise(n: int, seed: int) -> torch.Tensor:
+    """A seeded batch of the planar/CNF base distribution's noise (2-D)."""
+    return torch.randn(n, 2, generator=torch.Generator().manual_seed(seed))
 
 
 # -- density matching (Figure 4) ----------------------------------------------------------
@@ -309,16 +306,15 @@ def _density_task(config: DensityMatchingConfig, name: str, kind: str, size: int
     iterations = config.nf_iterations if kind == "NF" else config.cnf_iterations
     lr = config.nf_lr if kind == "NF" else config.cnf_lr
 
-    def loss_fn(_: int) -> torch.Tensor:
-        x, log_q = flow.sample_and_log_prob(config.batch_size)
-        energy = target.energy(x)
+    def energy(x: torch.Tensor) -> torch.Tensor:
         if config.box_wall > 0:
-            energy = energy + box_wall(x, target.box, config.box_wall)
-        return (log_q + energy).mean() + log_z
+            return target.energy(x) + box_wall(x, target.box, config.box_wall)
+        return target.energy(x)
 
     label = f"{name} {kind} {'K' if kind == 'NF' else 'M'}={size} seed {seed}"
     record = {"target": name, "model": kind, "size": size, "seed": seed,
-              **_train(flow, loss_fn, iterations, lr, bar, label)}
+              **_train(flow, _base_noise, ReverseKL(energy, log_z), iterations, lr,
+                       config.batch_size, seed, bar, label)}
     record.update(reverse_kl(flow, target, config.eval_samples, _EVAL_SEED + seed))
     grid = density_grid(_flow_log_prob(flow), (-4.0, 4.0, -4.0, 4.0), n=config.grid) \
         if want_grid else None
@@ -461,7 +457,7 @@ def density_matching_markdown(result: dict[str, Any]) -> str:
             cells.append(_pm(s["kl_mean"], s["kl_std"]))
         lines.append("| " + " | ".join(cells) + " |")
     outside = max(s["outside_box_max"] for s in result["summary"])
-    skipped = sum(r["skipped_steps"] for r in result["runs"])
+    stopped = _stopped_early(result["runs"])
     cpu = sum(r["cpu_seconds"] for r in result["runs"])
     text = [
         ("KL(q‖p) in nats, mean ± sample std over seeds "
@@ -487,7 +483,7 @@ def density_matching_markdown(result: dict[str, Any]) -> str:
         (f"- Largest fraction of q's samples outside the box in any run: {outside:.2g} "
         "(outside the box the target is zero; there the number is E_q[log q + U] + log Z "
         "with U continued past the box, not a KL)."),
-        f"- Skipped steps with a non-finite loss: {skipped}.",
+        f"- Fits stopped by a non-finite loss (last finite weights kept): {stopped}.",
         (f"- Time: {cpu / 60:.1f} CPU-minutes in the fits (training, KL estimate and "
          f"density grid, summed over {result.get('jobs', 1)} worker process(es) with one "
          f"thread each), plus {result['cpu_seconds'] / 60:.1f} in the main process; "
@@ -540,8 +536,6 @@ def maximum_likelihood(config: MLEConfig, out_dir: str | Path, command: str,
 
 def _maximum_likelihood(config: MLEConfig, out: Path, command: str,
                         progress: bool | None) -> dict[str, Any]:
-    from cnflow.training import evaluate
-
     clock = _Clock()
     total = len(config.datasets) * (config.nf_iterations + config.cnf_iterations)
     runs, trained = [], {}
@@ -555,16 +549,17 @@ def _maximum_likelihood(config: MLEConfig, out: Path, command: str,
             for kind, flow in models.items():
                 run_clock = _Clock()
 
-                def loss_fn(iteration: int, flow: Flow = flow, dataset: str = dataset):
-                    # Both models see the same batch at the same step.
-                    x = _data(dataset, config.batch_size, config.seed * 10**7 + iteration)
-                    return -flow.log_prob(x).mean()
+                def batches(n: int, seed: int, dataset: str = dataset) -> torch.Tensor:
+                    # Step i's batch has the seed `config.seed * 10**7 + i`: both models
+                    # see the same batch at the same step.
+                    return _data(dataset, n, seed)
 
                 iterations = config.nf_iterations if kind == "NF" else config.cnf_iterations
                 lr = config.nf_lr if kind == "NF" else config.cnf_lr
                 record = {"dataset": dataset, "model": kind,
                           "size": config.nf_layers if kind == "NF" else config.cnf_width,
-                          **_train(flow, loss_fn, iterations, lr, bar, f"{dataset} {kind}")}
+                          **_train(flow, batches, MaximumLikelihood(), iterations, lr,
+                                   config.batch_size, config.seed, bar, f"{dataset} {kind}")}
                 if kind == "CNF":
                     nll = evaluate(flow, test)[0]
                 else:
@@ -670,7 +665,7 @@ def mle_markdown(result: dict[str, Any]) -> str:
             f"| {r['dataset']} | {label} | {_pm(r['test_nll'], r['test_nll_stderr'], 4)} | "
             f"{r['entropy_floor']:.4f} | {r['test_nll'] - r['entropy_floor']:.4f} | "
             f"{_pm(r['kl'], r['kl_stderr'], 4)} | {r['cpu_seconds'] / 60:.1f} |")
-    skipped = sum(r["skipped_steps"] for r in result["runs"])
+    stopped = _stopped_early(result["runs"])
     text = [
         (f"Test NLL ± standard error on {config['test_size']} held-out points "
         f"(seed {result['test_seed']}), one training seed ({config['seed']})."),
@@ -687,7 +682,7 @@ def mle_markdown(result: dict[str, Any]) -> str:
         f"test NLL and figures at solver tolerance {config['eval_tol']:g}."),
         ("- Both models standardise the data by the mean and standard deviation of 20000 "
         "separate points; the log-det of that map is part of every density."),
-        f"- Skipped steps with a non-finite loss: {skipped}.",
+        f"- Fits stopped by a non-finite loss (last finite weights kept): {stopped}.",
         (f"- Time: {result['cpu_seconds'] / 60:.1f} CPU-minutes on one thread, "
          f"{result['wall_seconds'] / 60:.1f} wall-minutes on a shared machine."),
     ]
@@ -755,6 +750,12 @@ def write_report(out_dir: str | Path, md_path: str | Path) -> str:
     text = "\n".join(parts)
     write_text(text, md_path)
     return text
+
+
+def _stopped_early(runs: list[dict[str, Any]]) -> int:
+    # Reports written before the one training loop counted skipped steps instead.
+    return sum(r["stop_reason"] == "non-finite loss" if "stop_reason" in r
+               else r.get("skipped_steps", 0) > 0 for r in runs)
 
 
 def _null_as_nan(obj: Any) -> Any:
