@@ -1,8 +1,8 @@
-"""CNF: exact log-density against brute-force change of variables, trace estimators, contract."""
+"""CNF specifics: brute-force log-density beyond 2-D, trace estimators, gradient modes,
+regularisers, tolerances (the contract every flow keeps is in test_flow_contract.py)."""
 
 from __future__ import annotations
 
-import io
 import math
 
 import pytest
@@ -35,23 +35,12 @@ def _flow(kind: str, dim: int = 2, **kwargs) -> CNF:
     return flow.eval()
 
 
-@pytest.mark.parametrize("dim", [1, 2, 5])
+@pytest.mark.parametrize("dim", [1, 5])  # 2-D: the flow contract
 @pytest.mark.parametrize("kind", ["gated", "mlp"])
 def test_log_prob_matches_brute_force_change_of_variables(kind, dim):
     flow = _flow(kind, dim, gradient="direct")  # the Jacobian by plain backpropagation
     x = torch.randn(4, dim, dtype=F64) * 1.5
     assert torch.allclose(flow.log_prob(x), brute_force_log_prob(flow, x), atol=1e-6)
-
-
-def test_density_integrates_to_one():
-    flow = _flow("gated")
-    grid = torch.linspace(-7, 7, 141, dtype=F64)
-    gx, gy = torch.meshgrid(grid, grid, indexing="xy")
-    points = torch.stack([gx.reshape(-1), gy.reshape(-1)], 1)
-    with torch.no_grad():
-        density = flow.log_prob(points, rtol=1e-6, atol=1e-6).exp()
-    mass = density.sum().item() * (grid[1] - grid[0]).item() ** 2
-    assert mass == pytest.approx(1.0, abs=1e-3)
 
 
 def test_closed_form_trace_equals_autograd_trace():
@@ -82,18 +71,6 @@ def test_hutchinson_estimator_is_unbiased(noise):
     assert abs(estimates.mean() - exact) < 4 * stderr
 
 
-def test_samples_log_prob_consistency_and_round_trip():
-    flow = _flow("gated")
-    torch.manual_seed(3)
-    x, log_p = flow.sample_and_log_prob((2, 3))
-    assert x.shape == (2, 3, 2) and log_p.shape == (2, 3)
-    assert torch.allclose(flow.log_prob(x), log_p, atol=1e-7)
-    z, _ = flow.to_base(x.reshape(-1, 2))
-    back, _ = flow.from_base(z)
-    assert torch.allclose(back, x.reshape(-1, 2), atol=1e-7)
-    assert flow.sample(5).shape == (5, 2) and not flow.sample(5).requires_grad
-
-
 def test_default_eval_tolerance_error_is_below_1e_4_nats():
     dynamics = GatedHyperDynamics(2, width=64, hidden=32)
     _randomize(dynamics, 0.15)
@@ -105,35 +82,14 @@ def test_default_eval_tolerance_error_is_below_1e_4_nats():
     assert (default - tight).abs().max() < 1e-4
 
 
-def test_save_load_gives_identical_log_prob():
-    flow = _flow("gated")
-    buffer = io.BytesIO()
-    torch.save(flow.state_dict(), buffer)
-    buffer.seek(0)
-    other = CNF(GatedHyperDynamics(2, width=8, hidden=8), 2, eval_rtol=1e-9,
-                eval_atol=1e-9).double().eval()
-    other.load_state_dict(torch.load(buffer, weights_only=True))
-    x = torch.randn(6, 2, dtype=F64)
-    assert torch.equal(flow.log_prob(x), other.log_prob(x))
-
-
-@pytest.mark.parametrize("gradient", ["adjoint", "direct", "checkpoint"])
-@pytest.mark.parametrize("kind", ["gated", "mlp"])
-def test_every_parameter_gets_a_gradient(kind, gradient):
-    flow = _flow(kind, gradient=gradient).train()
-    loss = -flow.log_prob(torch.randn(64, 2, dtype=F64)).mean()
-    loss.backward()
-    for name, p in flow.named_parameters():
-        assert p.grad is not None and p.grad.abs().sum() > 0, name
-    assert flow.last_stats.backward is not None or gradient == "direct"
-
-
 def test_training_gradients_agree_across_modes():
     grads = {}
     x = torch.randn(32, 2, dtype=F64)
     for gradient in ("direct", "adjoint", "checkpoint"):
         flow = _flow("gated", gradient=gradient, rtol=1e-7, atol=1e-7).train()
         (-flow.log_prob(x).mean()).backward()
+        # The adjoint and checkpointing run solves of their own in the backward pass.
+        assert (flow.last_stats.backward is None) == (gradient == "direct"), gradient
         grads[gradient] = torch.cat([p.grad.reshape(-1) for p in flow.parameters()])
     assert torch.allclose(grads["adjoint"], grads["direct"], rtol=1e-4, atol=1e-6)
     assert torch.allclose(grads["checkpoint"], grads["direct"], rtol=1e-8, atol=1e-10)

@@ -1,12 +1,10 @@
-"""Planar and radial flows: log-dets against autograd, constraints, inverses, normalisation."""
+"""Planar and radial specifics: layer log-dets, the planar constraint and inverse, trajectories
+(the contract every flow keeps is in test_flow_contract.py)."""
 
 from __future__ import annotations
 
-import io
-
 import pytest
 import torch
-from flow_checks import brute_force_log_prob
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -19,25 +17,25 @@ KINDS = [PlanarFlow, RadialFlow]
 DIRECTIONS = ["generative", "normalizing"]
 
 
-def _randomize(flow: Flow, seed: int = 0, strength: float = 1.0) -> Flow:
+def _randomize(flow: Flow, seed: int = 0) -> Flow:
     """Well away from the identity, but not near-singular (the realistic regime)."""
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in flow.named_parameters():
             noise = torch.randn(p.shape, generator=generator, dtype=p.dtype)
             if name.endswith(("alpha_raw", "beta_raw")):
-                p.add_(noise * 0.3 * strength)
+                p.add_(noise * 0.3)
             elif name.endswith(".z0"):
-                p.add_(noise * 0.8 * strength)
+                p.add_(noise * 0.8)
             else:  # planar u, w, b: fresh values of order one
-                p.copy_(noise * 0.8 * strength)
+                p.copy_(noise * 0.8)
     return flow
 
 
-def _flow(kind, direction: str, layers: int = 6, seed: int = 0, strength: float = 1.0) -> Flow:
-    torch.manual_seed(seed)
-    flow = kind(2, layers=layers, direction=direction).double()
-    _randomize(flow, seed, strength)
+def _flow(kind, direction: str) -> Flow:
+    torch.manual_seed(0)
+    flow = kind(2, layers=6, direction=direction).double()
+    _randomize(flow)
     with torch.no_grad():
         flow.shift.copy_(torch.tensor([0.3, -0.2], dtype=F64))
         flow.log_scale.copy_(torch.tensor([0.2, -0.1], dtype=F64))
@@ -59,14 +57,6 @@ def test_layer_log_det_matches_autograd_jacobian(layer_cls, dim):
         sign, expected = torch.linalg.slogdet(jacobian)
         assert sign.item() > 0  # orientation preserving: the constraint holds
         assert ld.item() == pytest.approx(expected.item(), abs=1e-10)
-
-
-@pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize("direction", DIRECTIONS)
-def test_flow_log_prob_matches_brute_force_change_of_variables(kind, direction):
-    flow = _flow(kind, direction)
-    x = torch.randn(4, 2, dtype=F64) * 1.5
-    assert torch.allclose(flow.log_prob(x), brute_force_log_prob(flow, x), atol=1e-8)
 
 
 _reals = st.floats(min_value=-50, max_value=50, allow_nan=False, allow_infinity=False)
@@ -131,48 +121,6 @@ def test_planar_inverse_reaches_the_stated_tolerance(dtype, c_raw):
     assert torch.allclose(back, y, atol=50 * tol * (1 + abs(c_raw)), rtol=0)
 
 
-@pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize("direction", DIRECTIONS)
-def test_round_trip_and_sample_log_prob_consistency(kind, direction):
-    flow = _flow(kind, direction, layers=8)
-    torch.manual_seed(3)
-    x, log_p = flow.sample_and_log_prob((2, 3))
-    assert x.shape == (2, 3, 2) and log_p.shape == (2, 3)
-    assert torch.allclose(flow.log_prob(x), log_p, atol=1e-9)
-    z, ld_to = flow.to_base(x.reshape(-1, 2))
-    back, ld_from = flow.from_base(z)
-    assert torch.allclose(back, x.reshape(-1, 2), atol=1e-9)
-    assert torch.allclose(ld_to, -ld_from, atol=1e-9)
-    assert flow.sample(5).shape == (5, 2) and not flow.sample(5).requires_grad
-
-
-@pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize("direction", DIRECTIONS)
-def test_density_integrates_to_one(kind, direction):
-    # Milder parameters keep the peaks resolvable by a 301² grid (a fast test).
-    flow = _flow(kind, direction, strength=0.6)
-    grid = torch.linspace(-10, 10, 301, dtype=F64)
-    gx, gy = torch.meshgrid(grid, grid, indexing="xy")
-    points = torch.stack([gx.reshape(-1), gy.reshape(-1)], 1)
-    with torch.no_grad():
-        density = flow.log_prob(points).exp()
-    mass = density.sum().item() * (grid[1] - grid[0]).item() ** 2
-    assert mass == pytest.approx(1.0, abs=2e-3)
-
-
-@pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize("direction", DIRECTIONS)
-def test_gradients_reach_every_parameter_in_both_directions(kind, direction):
-    """Reverse KL needs rsample gradients; MLE needs log_prob gradients (via the inverse too)."""
-    flow = _flow(kind, direction)
-    x, log_q = flow.sample_and_log_prob(64)
-    loss = (log_q + x.pow(2).sum(1)).mean() - flow.log_prob(torch.randn(64, 2, dtype=F64)).mean()
-    loss.backward()
-    for name, p in flow.named_parameters():
-        assert p.grad is not None and torch.isfinite(p.grad).all(), name
-        assert p.grad.abs().sum() > 0, name
-
-
 def test_inverse_gradient_matches_finite_differences():
     """The implicit-function Newton step gives the exact derivative of the inverse."""
     layer = PlanarLayer(2).double()
@@ -199,31 +147,14 @@ def _inverse_with_w(layer: PlanarLayer, y: torch.Tensor, w: torch.Tensor):
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_state_dict_round_trip_and_trajectory(kind):
-    flow = _flow(kind, "normalizing")
-    buffer = io.BytesIO()
-    torch.save(flow.state_dict(), buffer)
-    buffer.seek(0)
-    other = kind(2, layers=6, direction="normalizing").double()
-    other.load_state_dict(torch.load(buffer, weights_only=True))
-    x = torch.randn(6, 2, dtype=F64)
-    assert torch.equal(flow.log_prob(x), other.log_prob(x))
+@pytest.mark.parametrize("direction", DIRECTIONS)
+def test_trajectory_runs_from_the_base_to_the_data(kind, direction):
+    flow = _flow(kind, direction)
     z = torch.randn(10, 2, dtype=F64)
     states = flow.trajectory(z, torch.tensor([0.0, 0.5, 1.0]))
     assert states.shape == (3, 10, 2)
     assert torch.allclose(states[-1], flow.from_base(z)[0], atol=1e-10)
     assert torch.allclose(states[0], z * flow.log_scale.exp() + flow.shift)
-
-
-def test_set_normalization_keeps_densities_in_caller_coordinates():
-    flow = _flow(PlanarFlow, "normalizing")
-    data = torch.randn(500, 2, dtype=F64) * torch.tensor([3.0, 0.5], dtype=F64) + 2
-    flow.set_normalization(data)
-    assert torch.allclose(flow.shift, data.mean(0))
-    x = torch.randn(7, 2, dtype=F64)
-    _z, log_det = flow.to_base(x)
-    jacobian = torch.autograd.functional.jacobian(lambda v: flow.to_base(v[None])[0][0], x[0])
-    assert log_det[0].item() == pytest.approx(torch.linalg.slogdet(jacobian)[1].item(), abs=1e-9)
 
 
 def test_package_exports():

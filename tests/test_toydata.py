@@ -90,12 +90,20 @@ def test_unknown_names_raise_with_known_names():
     assert energy.names() == ["U1", "U2", "U3", "U4"]
 
 
+def test_register_refuses_duplicates_and_foreign_objects():
+    with pytest.raises(ValueError, match="'rings' is already registered"):
+        toydata.register(toydata.Rings())
+    with pytest.raises(TypeError, match="dataset must be a ToyDataset"):
+        toydata.register("rings")
+    assert toydata.names(dim=2) == ALL
+
+
 def test_toydata_imports_only_numpy_scipy_sklearn_and_stdlib():
     # Static, so it also covers imports inside functions (torch is only looked up in
     # sys.modules, never imported).
     allowed_third_party = {"numpy", "scipy", "sklearn", "toydata"}
     stdlib = set(sys.stdlib_module_names) | {"__future__"}
-    for path in Path(toydata.__file__).parent.glob("*.py"):
+    for path in Path(toydata.__file__).parent.rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Import):
                 mods = [alias.name for alias in node.names]

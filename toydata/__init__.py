@@ -3,9 +3,10 @@
 `toydata` depends only on numpy, scipy and scikit-learn (torch only if you hand torch
 tensors to `toydata.energy`), so it can be used to score any model.
 
-Data sets (`toydata.datasets`): ``get(name)``, ``names()``, ``DATASETS``. The 2-D sets
-(``names(dim=2)``) and, from `toydata.mixed`, sets of dimension 4 to 16 built from them
-by rotating independent 2-D blocks (``mix4``, ``mix6``, ``mix8``, ``mix16``).
+Data sets (`toydata.datasets`, one module per set): ``get(name)``, ``names()``,
+``DATASETS``, ``register(dataset)``. The 2-D sets (``names(dim=2)``) and, from
+`toydata.mixed`, sets of dimension 4 to 16 built from them by rotating independent 2-D
+blocks (``mix4``, ``mix6``, ``mix8``, ``mix16``).
 Energy targets of Rezende & Mohamed (2015) (`toydata.energy`): ``energy.get(name)``,
 ``energy.TARGETS``.
 """
@@ -24,6 +25,7 @@ from toydata.datasets import (
     TwoSpirals,
     get,
     names,
+    register,
 )
 from toydata.mixed import MixedBlocks
 
@@ -43,4 +45,5 @@ __all__ = [
     "get",
     "mixed",
     "names",
+    "register",
 ]

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 from scipy.special import expit
 
-from toydata._common import gauss_legendre, lookup
+from toydata.common import gauss_legendre, lookup
 
 __all__ = ["BOX", "TARGETS", "EnergyTarget", "get", "names"]
 

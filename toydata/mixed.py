@@ -20,8 +20,8 @@ from itertools import pairwise
 import numpy as np
 from scipy.stats import ortho_group
 
-from toydata._common import check_points
-from toydata.datasets import DATASETS, ToyDataset
+from toydata.common import check_points
+from toydata.datasets import ToyDataset, get, register
 
 __all__ = ["MIXED", "MixedBlocks"]
 
@@ -177,7 +177,9 @@ class MixedBlocks(ToyDataset):
 
 
 def _mixed(name: str, block_names: Sequence[str], mixing_seed: int) -> MixedBlocks:
-    return MixedBlocks(name, [DATASETS[b] for b in block_names], mixing_seed)
+    """Build a set from registered 2-D blocks and register it (here rather than in
+    `toydata.datasets`, which this module builds on)."""
+    return register(MixedBlocks(name, [get(b) for b in block_names], mixing_seed))
 
 
 # Blocks with fast log-densities (20,000 points in < 0.1 s each, so < 0.3 s per set), in a
@@ -201,6 +203,3 @@ MIXED: tuple[MixedBlocks, ...] = (
         16,
     ),
 )
-
-# Registered here rather than in `toydata.datasets`, which this module builds on.
-DATASETS.update({ds.name: ds for ds in MIXED})

@@ -3,7 +3,8 @@
 A flow is a bijection between data ``x`` and a standard-normal base variable ``z``. Each
 subclass implements the two directions with their log-determinants; this class turns them
 into the ``torch.distributions`` vocabulary: ``log_prob``, ``sample``, ``rsample``,
-``sample_and_log_prob``.
+``sample_and_log_prob``, and owns the fixed data standardisation every flow applies on the
+data side (``set_normalization``, ``normalize``, ``denormalize``).
 """
 
 from __future__ import annotations
@@ -14,6 +15,22 @@ import torch
 from torch import nn
 
 Shape = torch.Size | tuple[int, ...] | list[int] | int
+
+
+def positive_int(name: str, value: object) -> int:
+    """Return ``value`` after checking that it is a positive ``int`` (``bool`` is refused).
+
+    Raises:
+        ValueError: naming the argument ``name`` and the value received.
+    """
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
+def _log_std(data: torch.Tensor) -> torch.Tensor:
+    """Per-column log standard deviation, floored so a constant column stays finite."""
+    return data.std(0).clamp_min(1e-6).log()
 
 
 def standard_normal_log_prob(z: torch.Tensor) -> torch.Tensor:
@@ -35,17 +52,28 @@ class Flow(nn.Module):
     method here takes ``context`` with the ``torch.distributions`` broadcasting rules, as in
     zuko: ``log_prob(x, context=c)`` broadcasts the batch shapes ``x.shape[:-1]`` and
     ``c.shape[:-1]``; ``sample(shape, context=c)`` returns ``(*shape, *c.shape[:-1], dim)``.
+
+    Every flow standardises its data by a fixed per-dimension affine map on the data side,
+    ``v = (x − shift) · exp(−log_scale)`` (buffers ``shift`` and ``log_scale``, the identity
+    until :meth:`set_normalization`), and a conditional flow its context likewise (buffers
+    ``context_shift`` and ``context_log_scale``). Subclasses apply :meth:`normalize` and
+    :meth:`denormalize` in ``to_base``/``from_base`` with the log-determinant
+    ``∓ log_scale.sum()``, so densities are always in the caller's coordinates.
     """
 
     def __init__(self, dim: int, context_dim: int = 0):
         super().__init__()
-        if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
-            raise ValueError(f"dim must be a positive integer, got {dim!r}")
+        positive_int("dim", dim)
         if isinstance(context_dim, bool) or not isinstance(context_dim, int) or context_dim < 0:
             raise ValueError(f"context_dim must be a non-negative integer, got {context_dim!r}")
         self.dim, self.context_dim = dim, context_dim
         # A buffer tells which device and dtype samples must be drawn on.
         self.register_buffer("_anchor", torch.zeros(()), persistent=False)
+        self.register_buffer("shift", torch.zeros(dim))
+        self.register_buffer("log_scale", torch.zeros(dim))
+        if context_dim:
+            self.register_buffer("context_shift", torch.zeros(context_dim))
+            self.register_buffer("context_log_scale", torch.zeros(context_dim))
 
     @property
     def event_shape(self) -> torch.Size:
@@ -60,6 +88,34 @@ class Flow(nn.Module):
     def dtype(self) -> torch.dtype:
         """The floating-point type of the flow (inputs are computed in it)."""
         return self._anchor.dtype
+
+    @torch.no_grad()
+    def set_normalization(self, data: torch.Tensor, context: torch.Tensor | None = None
+                          ) -> None:
+        """Standardise by the per-dimension mean and standard deviation of ``data`` (rows
+        ``(n, dim)``), and of ``context`` (rows ``(n, context_dim)``, required exactly when
+        the flow is conditional)."""
+        data = self.check_points(data, "data")
+        self.shift.copy_(data.mean(0))
+        self.log_scale.copy_(_log_std(data))
+        context = self.check_context(context)
+        if context is not None:
+            self.context_shift.copy_(context.mean(0))
+            self.context_log_scale.copy_(_log_std(context))
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """Data coordinates → the standardised coordinates the transform works in."""
+        return (x - self.shift) * torch.exp(-self.log_scale)
+
+    def denormalize(self, v: torch.Tensor) -> torch.Tensor:
+        """Standardised coordinates → data coordinates (the inverse of :meth:`normalize`)."""
+        return v * torch.exp(self.log_scale) + self.shift
+
+    def normalize_context(self, context: torch.Tensor | None) -> torch.Tensor | None:
+        """The standardised context a conditional transform sees (None stays None)."""
+        if context is None:
+            return None
+        return (context - self.context_shift) * torch.exp(-self.context_log_scale)
 
     def to_base(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError

@@ -15,12 +15,7 @@ The inverse solves a monotone scalar equation: with ``α = wᵀz`` and ``y`` the
 bracketed Newton (bisection whenever a Newton step leaves the bracket) finds it, then
 ``z = y − û tanh(α + b)``.
 
-:class:`StackedFlow` turns a list of such layers into a :class:`~cnflow.flows.base.Flow`
-with a ``direction``: ``"generative"`` (base → data is the forward stack: sampling and
-reparameterised ``sample_and_log_prob`` are explicit, as density matching needs) or
-``"normalizing"`` (data → base is the forward stack: ``log_prob`` is explicit, as maximum
-likelihood needs). The other direction runs the layers' inverses, so either kind can both
-score points and sample.
+The layers are stacked into a flow by :class:`~cnflow.flows.stacked.StackedFlow`.
 """
 
 from __future__ import annotations
@@ -31,20 +26,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cnflow.flows.base import Flow
-
-DIRECTIONS = ("generative", "normalizing")
+from cnflow.flows.base import positive_int
+from cnflow.flows.stacked import StackedFlow
 
 #: Inverse tolerance on ``α`` (relative to ``1 + |wᵀy|``) per floating-point type.
 INVERSE_TOL = {torch.float64: 1e-10, torch.float32: 1e-6, torch.float16: 1e-3,
                torch.bfloat16: 1e-2}
 _MAX_INVERSE_STEPS = 200
-
-
-def _positive_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return value
 
 
 def sech2(a: torch.Tensor) -> torch.Tensor:
@@ -65,7 +53,7 @@ class PlanarLayer(nn.Module):
 
     def __init__(self, dim: int, init_scale: float = 0.1):
         super().__init__()
-        self.dim = _positive_int("dim", dim)
+        self.dim = positive_int("dim", dim)
         if not (isinstance(init_scale, (int, float)) and math.isfinite(init_scale)
                 and init_scale >= 0):
             raise ValueError(f"init_scale must be a finite number >= 0, got {init_scale!r}")
@@ -187,91 +175,6 @@ def _solve_monotone(target: torch.Tensor, c: torch.Tensor, b: torch.Tensor, tol:
                        "steps; the parameters are probably not finite")
 
 
-class StackedFlow(Flow):
-    """A flow made of invertible layers with ``forward(z) -> (y, log_det)`` and ``inverse``.
-
-    Args:
-        layers: the layers, applied in order by the forward stack.
-        dim: data dimension.
-        direction: ``"generative"`` (``from_base`` is the forward stack) or
-            ``"normalizing"`` (``to_base`` is the forward stack).
-
-    A fixed per-dimension affine normalisation (``set_normalization``) sits on the data
-    side, with its log-det, so densities are always in the caller's coordinates.
-    """
-
-    def __init__(self, layers: list[nn.Module], dim: int, direction: str = "generative"):
-        super().__init__(dim)
-        if direction not in DIRECTIONS:
-            raise ValueError(f"direction={direction!r} is not one of {list(DIRECTIONS)}")
-        if len(layers) == 0:
-            raise ValueError("layers must hold at least one layer, got an empty list")
-        self.direction = direction
-        self.layers = nn.ModuleList(layers)
-        self.register_buffer("shift", torch.zeros(dim))
-        self.register_buffer("log_scale", torch.zeros(dim))
-
-    @torch.no_grad()
-    def set_normalization(self, data: torch.Tensor) -> None:
-        """Standardise by the per-dimension mean and standard deviation of ``data``."""
-        data = self.check_points(data, "data")
-        self.shift.copy_(data.mean(0))
-        self.log_scale.copy_(data.std(0).clamp_min(1e-6).log())
-
-    def _forward_stack(self, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        total = v.new_zeros(v.shape[0])
-        for layer in self.layers:
-            v, log_det = layer(v)
-            total = total + log_det
-        return v, total
-
-    def _inverse_stack(self, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        total = v.new_zeros(v.shape[0])
-        for layer in reversed(self.layers):
-            v, log_det = layer.inverse(v)
-            total = total + log_det
-        return v, total
-
-    def to_base(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Data → base: ``z`` and ``log|det ∂z/∂x|``."""
-        v = (x - self.shift) * torch.exp(-self.log_scale)
-        stack = self._forward_stack if self.direction == "normalizing" else self._inverse_stack
-        z, log_det = stack(v)
-        return z, log_det - self.log_scale.sum()
-
-    def from_base(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Base → data: ``x`` and ``log|det ∂x/∂z|``."""
-        stack = self._forward_stack if self.direction == "generative" else self._inverse_stack
-        v, log_det = stack(z)
-        return v * torch.exp(self.log_scale) + self.shift, log_det + self.log_scale.sum()
-
-    @torch.no_grad()
-    def trajectory(self, z: torch.Tensor, times: torch.Tensor) -> torch.Tensor:
-        """States from base points ``z`` towards data after a fraction of the layers.
-
-        The discrete analogue of :meth:`cnflow.flows.cnf.CNF.trajectory`: fraction ``t``
-        is the state after ``round(t·K)`` of the K layers on the way base → data, shown in
-        data coordinates (the normalisation applied throughout, as the CNF does).
-
-        Returns:
-            Shape ``(len(times), n, dim)``.
-        """
-        z = self.check_points(z, "z")
-        times = torch.as_tensor(times, dtype=torch.float64)
-        if times.dim() != 1 or (times < 0).any() or (times > 1).any():
-            raise ValueError(f"times must be a 1-D tensor of fractions in [0, 1], got {times}")
-        k = len(self.layers)
-        steps = [z]
-        v = z
-        order = list(self.layers) if self.direction == "generative" else \
-            list(reversed(self.layers))
-        for layer in order:
-            v = layer(v)[0] if self.direction == "generative" else layer.inverse(v)[0]
-            steps.append(v)
-        picked = torch.stack([steps[round(float(t) * k)] for t in times])
-        return picked * torch.exp(self.log_scale) + self.shift
-
-
 class PlanarFlow(StackedFlow):
     """A stack of K planar layers with a standard-normal base.
 
@@ -291,6 +194,6 @@ class PlanarFlow(StackedFlow):
 
     def __init__(self, dim: int, layers: int = 8, direction: str = "generative",
                  init_scale: float = 0.1):
-        _positive_int("dim", dim)
-        k = _positive_int("layers", layers)
+        positive_int("dim", dim)
+        k = positive_int("layers", layers)
         super().__init__([PlanarLayer(dim, init_scale) for _ in range(k)], dim, direction)

@@ -24,7 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cnflow.flows.planar import StackedFlow, _positive_int
+from cnflow.flows.base import positive_int
+from cnflow.flows.stacked import StackedFlow
 
 
 class RadialLayer(nn.Module):
@@ -37,7 +38,7 @@ class RadialLayer(nn.Module):
 
     def __init__(self, dim: int, init_scale: float = 1.0):
         super().__init__()
-        self.dim = _positive_int("dim", dim)
+        self.dim = positive_int("dim", dim)
         if not (isinstance(init_scale, (int, float)) and math.isfinite(init_scale)
                 and init_scale >= 0):
             raise ValueError(f"init_scale must be a finite number >= 0, got {init_scale!r}")
@@ -89,7 +90,8 @@ class RadialFlow(StackedFlow):
     Args:
         dim: data dimension.
         layers: number of radial layers K.
-        direction: ``"generative"`` or ``"normalizing"`` (see :class:`StackedFlow`).
+        direction: ``"generative"`` or ``"normalizing"`` (see
+            :class:`~cnflow.flows.stacked.StackedFlow`).
         init_scale: standard deviation of the random initial centres.
 
     Example:
@@ -100,6 +102,6 @@ class RadialFlow(StackedFlow):
 
     def __init__(self, dim: int, layers: int = 8, direction: str = "generative",
                  init_scale: float = 1.0):
-        _positive_int("dim", dim)
-        k = _positive_int("layers", layers)
+        positive_int("dim", dim)
+        k = positive_int("layers", layers)
         super().__init__([RadialLayer(dim, init_scale) for _ in range(k)], dim, direction)

@@ -1,12 +1,15 @@
-"""Input validation and quadrature helpers shared by `toydata.datasets` and `toydata.energy`."""
+"""Input validation and numerical helpers shared by the modules of `toydata`."""
 
 from __future__ import annotations
 
 import numbers
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from functools import cache
 
 import numpy as np
+
+# Work arrays are (points x quadrature nodes); this caps one block at ~16 MB of float64.
+_BLOCK_ELEMENTS = 1 << 21
 
 
 def check_n(n: object, name: str = "n") -> int:
@@ -157,3 +160,39 @@ def log_ndtr_diff(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     d = log_ndtr(a) - lb  # <= 0
     # log(1 - e^d): expm1 near d = 0, log1p far from it.
     return lb + np.where(d > -0.6931471805599453, np.log(-np.expm1(d)), np.log1p(-np.exp(d)))
+
+
+def row_blocks(n_rows: int, n_cols: int) -> Iterator[slice]:
+    """Yield row slices so that each (rows x n_cols) block stays below the memory cap.
+
+    Args:
+        n_rows: Number of rows (points) to cover.
+        n_cols: Number of columns (quadrature nodes) per row of the work array.
+
+    Yields:
+        Consecutive slices covering ``range(n_rows)``.
+    """
+    step = max(1, _BLOCK_ELEMENTS // max(1, n_cols))
+    for start in range(0, n_rows, step):
+        yield slice(start, min(start + step, n_rows))
+
+
+def logsumexp_rows(a: np.ndarray) -> np.ndarray:
+    """Row-wise logsumexp of a 2-D array, computed in place (``a`` is overwritten).
+
+    scipy's logsumexp is several times slower on the large (points x nodes) tables
+    here, and in-place work halves the memory traffic.
+
+    Args:
+        a: Array of shape (n, k); overwritten.
+
+    Returns:
+        Shape (n,); ``-inf`` for rows that are all ``-inf``.
+    """
+    peak = a.max(axis=1)
+    # Rows that are all -inf would give nan below; their result is -inf anyway.
+    safe = np.where(np.isfinite(peak), peak, 0.0)
+    a -= safe[:, None]
+    np.exp(a, out=a)
+    with np.errstate(divide="ignore"):
+        return np.log(a.sum(axis=1)) + safe
