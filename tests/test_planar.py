@@ -163,13 +163,13 @@ def test_package_exports():
 
 
 def test_bad_arguments():
-    with pytest.raises(ValueError, match="layers must be a positive integer, got 0"):
+    with pytest.raises(ValueError, match="layers must be an integer >= 1, got 0"):
         PlanarFlow(2, layers=0)
-    with pytest.raises(ValueError, match="layers must be a positive integer, got 0"):
+    with pytest.raises(ValueError, match="layers must be an integer >= 1, got 0"):
         RadialFlow(2, layers=0)
     with pytest.raises(ValueError, match="direction='forward' is not one of"):
         PlanarFlow(2, direction="forward")
-    with pytest.raises(ValueError, match="dim must be a positive integer, got -1"):
+    with pytest.raises(ValueError, match="dim must be an integer >= 1, got -1"):
         PlanarFlow(-1)
     with pytest.raises(ValueError, match="init_scale must be a finite number"):
         PlanarLayer(2, init_scale=float("nan"))

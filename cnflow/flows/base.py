@@ -14,18 +14,9 @@ import math
 import torch
 from torch import nn
 
+from cnflow.validation import check_int
+
 Shape = torch.Size | tuple[int, ...] | list[int] | int
-
-
-def positive_int(name: str, value: object) -> int:
-    """Return ``value`` after checking that it is a positive ``int`` (``bool`` is refused).
-
-    Raises:
-        ValueError: naming the argument ``name`` and the value received.
-    """
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return value
 
 
 def _log_std(data: torch.Tensor) -> torch.Tensor:
@@ -63,9 +54,8 @@ class Flow(nn.Module):
 
     def __init__(self, dim: int, context_dim: int = 0):
         super().__init__()
-        positive_int("dim", dim)
-        if isinstance(context_dim, bool) or not isinstance(context_dim, int) or context_dim < 0:
-            raise ValueError(f"context_dim must be a non-negative integer, got {context_dim!r}")
+        check_int("dim", dim)
+        check_int("context_dim", context_dim, minimum=0)
         self.dim, self.context_dim = dim, context_dim
         # A buffer tells which device and dtype samples must be drawn on.
         self.register_buffer("_anchor", torch.zeros(()), persistent=False)

@@ -26,8 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cnflow.flows.base import positive_int
 from cnflow.flows.stacked import StackedFlow
+from cnflow.validation import check_int
 
 #: Inverse tolerance on ``α`` (relative to ``1 + |wᵀy|``) per floating-point type.
 INVERSE_TOL = {torch.float64: 1e-10, torch.float32: 1e-6, torch.float16: 1e-3,
@@ -53,7 +53,7 @@ class PlanarLayer(nn.Module):
 
     def __init__(self, dim: int, init_scale: float = 0.1):
         super().__init__()
-        self.dim = positive_int("dim", dim)
+        self.dim = check_int("dim", dim)
         if not (isinstance(init_scale, (int, float)) and math.isfinite(init_scale)
                 and init_scale >= 0):
             raise ValueError(f"init_scale must be a finite number >= 0, got {init_scale!r}")
@@ -194,6 +194,6 @@ class PlanarFlow(StackedFlow):
 
     def __init__(self, dim: int, layers: int = 8, direction: str = "generative",
                  init_scale: float = 0.1):
-        positive_int("dim", dim)
-        k = positive_int("layers", layers)
+        check_int("dim", dim)
+        k = check_int("layers", layers)
         super().__init__([PlanarLayer(dim, init_scale) for _ in range(k)], dim, direction)

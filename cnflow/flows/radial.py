@@ -24,8 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cnflow.flows.base import positive_int
 from cnflow.flows.stacked import StackedFlow
+from cnflow.validation import check_float, check_int
 
 
 class RadialLayer(nn.Module):
@@ -38,10 +38,8 @@ class RadialLayer(nn.Module):
 
     def __init__(self, dim: int, init_scale: float = 1.0):
         super().__init__()
-        self.dim = positive_int("dim", dim)
-        if not (isinstance(init_scale, (int, float)) and math.isfinite(init_scale)
-                and init_scale >= 0):
-            raise ValueError(f"init_scale must be a finite number >= 0, got {init_scale!r}")
+        self.dim = check_int("dim", dim)
+        check_float("init_scale", init_scale, allow_minimum=True)
         self.z0 = nn.Parameter(torch.randn(dim) * init_scale)
         self.alpha_raw = nn.Parameter(torch.zeros(()))
         # softplus(β̂) = α + small: β ≈ small, the layer starts near the identity.
@@ -102,6 +100,6 @@ class RadialFlow(StackedFlow):
 
     def __init__(self, dim: int, layers: int = 8, direction: str = "generative",
                  init_scale: float = 1.0):
-        positive_int("dim", dim)
-        k = positive_int("layers", layers)
+        check_int("dim", dim)
+        k = check_int("layers", layers)
         super().__init__([RadialLayer(dim, init_scale) for _ in range(k)], dim, direction)
