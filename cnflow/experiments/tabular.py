@@ -169,23 +169,14 @@ class ZukoFlow(Flow):
     def __init__(self, flow: torch.nn.Module, dim: int):
         super().__init__(dim)
         self.flow = flow
-        self.register_buffer("shift", torch.zeros(dim))
-        self.register_buffer("log_scale", torch.zeros(dim))
-
-    @torch.no_grad()
-    def set_normalization(self, data: torch.Tensor) -> None:
-        self.shift.copy_(data.mean(0))
-        self.log_scale.copy_(data.std(0).clamp_min(1e-6).log())
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.check_points(x)
-        z = (x - self.shift) * torch.exp(-self.log_scale)
-        return self.flow().log_prob(z) - self.log_scale.sum()
+        return self.flow().log_prob(self.normalize(self.check_points(x))) - self.log_scale.sum()
 
     @torch.no_grad()
     def sample(self, shape=()) -> torch.Tensor:
         shape = (shape,) if isinstance(shape, int) else tuple(shape)
-        return self.flow().sample(shape) * torch.exp(self.log_scale) + self.shift
+        return self.denormalize(self.flow().sample(shape))
 
 
 def _zuko_model(model: str, dim: int) -> ZukoFlow:
