@@ -18,11 +18,22 @@ from pathlib import Path
 import click
 from cnflow.cli.flows import _NON_NEGATIVE, _POSITIVE
 
-from cnflow.experiments.compare import DENSITY_MAX_SEED, MLE_MAX_SEED
+from cnflow.experiments.compare import (
+    DENSITY_MAX_SEED,
+    MLE_MAX_SEED,
+    DensityMatchingConfig,
+    MLEConfig,
+)
 from cnflow.runs import failure_message
 from cnflow.solvers import ODESolverError
 
 DEFAULT_OUT = "results/runs/comparisons"
+def _join(values) -> str:
+    return ",".join(str(v) for v in values)
+
+
+# One source of defaults: the config dataclasses.
+_DENSITY, _MLE = DensityMatchingConfig(), MLEConfig()
 
 # Settings that --quick replaces unless they are given on the command line.
 _QUICK_DENSITY = {"nf_layers": (2,), "cnf_widths": (2,), "seeds": (0,), "nf_iterations": 3,
@@ -96,10 +107,6 @@ def _apply_quick(ctx: click.Context, params: dict, quick_values: dict) -> dict:
     return settings
 
 
-def _join(values) -> str:
-    return ",".join(str(v) for v in values)
-
-
 def _common(func):
     func = click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
                         help="torch CPU threads.")(func)
@@ -140,27 +147,33 @@ def compare() -> None:
 
 
 @compare.command("density-matching")
-@click.option("--targets", default="U1,U2,U3,U4", show_default=True,
+@click.option("--targets", default=_join(_DENSITY.targets), show_default=True,
               callback=_names(_energy_names), help="Comma-separated energy targets.")
-@click.option("--nf-layers", default="2,8,32", show_default=True, callback=_ints(1),
+@click.option("--nf-layers", default=_join(_DENSITY.nf_layers), show_default=True,
+              callback=_ints(1),
               help="Comma-separated planar-flow depths K.")
-@click.option("--cnf-widths", default="2,8,32", show_default=True, callback=_ints(1),
+@click.option("--cnf-widths", default=_join(_DENSITY.cnf_widths), show_default=True,
+              callback=_ints(1),
               help="Comma-separated CNF widths M.")
-@click.option("--seeds", default="0,1", show_default=True,
+@click.option("--seeds", default=_join(_DENSITY.seeds), show_default=True,
               callback=_ints(0, DENSITY_MAX_SEED),
               help="Comma-separated seeds; one fit per seed and model.")
-@click.option("--nf-iterations", type=click.IntRange(min=1), default=1000, show_default=True)
-@click.option("--cnf-iterations", type=click.IntRange(min=1), default=200, show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
-@click.option("--nf-lr", type=_POSITIVE, default=3e-3,
+@click.option("--nf-iterations", type=click.IntRange(min=1), default=_DENSITY.nf_iterations,
               show_default=True)
-@click.option("--cnf-lr", type=_POSITIVE, default=1e-2,
+@click.option("--cnf-iterations", type=click.IntRange(min=1), default=_DENSITY.cnf_iterations,
               show_default=True)
-@click.option("--eval-samples", type=click.IntRange(min=2), default=10000, show_default=True,
+@click.option("--batch-size", type=click.IntRange(min=1), default=_DENSITY.batch_size,
+              show_default=True)
+@click.option("--nf-lr", type=_POSITIVE, default=_DENSITY.nf_lr,
+              show_default=True)
+@click.option("--cnf-lr", type=_POSITIVE, default=_DENSITY.cnf_lr,
+              show_default=True)
+@click.option("--eval-samples", type=click.IntRange(min=2), default=_DENSITY.eval_samples,
+              show_default=True,
               help="Samples of q per KL estimate.")
-@click.option("--grid", type=click.IntRange(min=2), default=80, show_default=True,
+@click.option("--grid", type=click.IntRange(min=2), default=_DENSITY.grid, show_default=True,
               help="Grid points per axis of the density figure.")
-@click.option("--box-wall", type=_NON_NEGATIVE, default=100.0, show_default=True,
+@click.option("--box-wall", type=_NON_NEGATIVE, default=_DENSITY.box_wall, show_default=True,
               help="Strength of the soft wall at the box [-4, 4]² added to U while "
                    "training (0: none).")
 @click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,
@@ -191,23 +204,30 @@ def density_matching(ctx: click.Context, **params) -> None:
 
 
 @compare.command("mle")
-@click.option("--datasets", default="two_circles,two_moons", show_default=True,
+@click.option("--datasets", default=_join(_MLE.datasets), show_default=True,
               callback=_names(_dataset_names), help="Comma-separated toy data sets.")
-@click.option("--nf-layers", type=click.IntRange(min=1), default=64, show_default=True,
+@click.option("--nf-layers", type=click.IntRange(min=1), default=_MLE.nf_layers,
+              show_default=True,
               help="Planar layers of the NF.")
-@click.option("--cnf-width", type=click.IntRange(min=1), default=64, show_default=True,
+@click.option("--cnf-width", type=click.IntRange(min=1), default=_MLE.cnf_width,
+              show_default=True,
               help="Hidden units M of the CNF.")
-@click.option("--seed", type=click.IntRange(0, MLE_MAX_SEED), default=0, show_default=True)
-@click.option("--nf-iterations", type=click.IntRange(min=1), default=1500, show_default=True)
-@click.option("--cnf-iterations", type=click.IntRange(min=1), default=500, show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=1), default=512, show_default=True)
-@click.option("--nf-lr", type=_POSITIVE, default=5e-3,
+@click.option("--seed", type=click.IntRange(0, MLE_MAX_SEED), default=_MLE.seed,
               show_default=True)
-@click.option("--cnf-lr", type=_POSITIVE, default=1e-2,
+@click.option("--nf-iterations", type=click.IntRange(min=1), default=_MLE.nf_iterations,
               show_default=True)
-@click.option("--test-size", type=click.IntRange(min=2), default=20000, show_default=True)
-@click.option("--grid", type=click.IntRange(min=2), default=120, show_default=True)
-@click.option("--figure-samples", type=click.IntRange(min=2), default=20000,
+@click.option("--cnf-iterations", type=click.IntRange(min=1), default=_MLE.cnf_iterations,
+              show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=_MLE.batch_size,
+              show_default=True)
+@click.option("--nf-lr", type=_POSITIVE, default=_MLE.nf_lr,
+              show_default=True)
+@click.option("--cnf-lr", type=_POSITIVE, default=_MLE.cnf_lr,
+              show_default=True)
+@click.option("--test-size", type=click.IntRange(min=2), default=_MLE.test_size,
+              show_default=True)
+@click.option("--grid", type=click.IntRange(min=2), default=_MLE.grid, show_default=True)
+@click.option("--figure-samples", type=click.IntRange(min=2), default=_MLE.figure_samples,
               show_default=True)
 @_common
 @click.pass_context

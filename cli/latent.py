@@ -14,9 +14,11 @@ import click
 import torch
 from cnflow.cli.flows import _POSITIVE
 
-from cnflow.experiments.latent_ode import MAX_SEED, WINDOW
+from cnflow.experiments.latent_ode import MAX_SEED, WINDOW, LatentConfig
 
 MODEL_CHOICES = ("latent-ode", "rnn", "both")
+# One source of defaults: the config dataclass.
+_DEFAULTS = LatentConfig()
 
 
 def _check_n_obs(ctx: click.Context, param: click.Parameter, value: tuple[int, ...]):
@@ -61,35 +63,42 @@ def _command_line(params: dict) -> str:
 @click.option("--n-obs", "n_obs", type=int, multiple=True, default=(30, 50, 100),
               show_default=True, callback=_check_n_obs,
               help="Observations per spiral (1..100); repeat for several.")
-@click.option("--iterations", type=click.IntRange(min=1), default=2500, show_default=True,
+@click.option("--iterations", type=click.IntRange(min=1), default=_DEFAULTS.iterations,
+              show_default=True,
               help="Training steps of the latent ODE.")
-@click.option("--rnn-iterations", type=click.IntRange(min=1), default=2500, show_default=True,
+@click.option("--rnn-iterations", type=click.IntRange(min=1), default=_DEFAULTS.rnn_iterations,
+              show_default=True,
               help="Training steps of the RNN.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=200, show_default=True)
-@click.option("--lr", type=_POSITIVE, default=1e-2,
+@click.option("--batch-size", type=click.IntRange(min=1), default=_DEFAULTS.batch_size,
+              show_default=True)
+@click.option("--lr", type=_POSITIVE, default=_DEFAULTS.lr,
               show_default=True, help="Initial Adam learning rate.")
-@click.option("--final-lr-factor", type=_POSITIVE, default=0.1,
+@click.option("--final-lr-factor", type=_POSITIVE, default=_DEFAULTS.final_lr_factor,
               show_default=True, help="Last learning rate relative to the first.")
-@click.option("--time-subsample", type=click.IntRange(min=0), default=30, show_default=True,
+@click.option("--time-subsample", type=click.IntRange(min=0), default=_DEFAULTS.time_subsample,
+              show_default=True,
               help="Random grid times per step for the latent ODE's ELBO estimate (0: all; at "
                    "most 198, or 98 with --window-only).")
-@click.option("--rtol", type=_POSITIVE, default=1e-3,
+@click.option("--rtol", type=_POSITIVE, default=_DEFAULTS.rtol,
               show_default=True)
-@click.option("--atol", type=_POSITIVE, default=1e-4,
+@click.option("--atol", type=_POSITIVE, default=_DEFAULTS.atol,
               show_default=True)
 @click.option("--gradient", type=click.Choice(("adjoint", "direct", "checkpoint")),
-              default="adjoint", show_default=True, help="How the latent ODE is differentiated.")
-@click.option("--poisson/--no-poisson", default=False, show_default=True,
+              default=_DEFAULTS.gradient, show_default=True,
+              help="How the latent ODE is differentiated.")
+@click.option("--poisson/--no-poisson", default=_DEFAULTS.poisson, show_default=True,
               help="Add the Poisson-process likelihood of the observation times.")
-@click.option("--train-future/--window-only", default=True, show_default=True,
+@click.option("--train-future/--window-only", default=_DEFAULTS.train_future, show_default=True,
               help="Also train on the training spirals' 100 points after the window, or on the "
                    "window alone (then every extrapolated time is unseen in training).")
-@click.option("--eval-every", type=click.IntRange(min=0), default=100, show_default=True,
+@click.option("--eval-every", type=click.IntRange(min=0), default=_DEFAULTS.eval_every,
+              show_default=True,
               help="Record the test extrapolation RMSE every this many steps (0: never).")
-@click.option("--seed", type=click.IntRange(0, MAX_SEED), default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(0, MAX_SEED), default=_DEFAULTS.seed, show_default=True)
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
               help="torch CPU threads.")
-@click.option("--device", default="cpu", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--device", default=_DEFAULTS.device,
+              show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path),
               default=Path("results/runs/latent_ode"), show_default=True,
               help="Folder for checkpoints, metrics.json and figures.")
