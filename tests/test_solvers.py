@@ -497,3 +497,29 @@ def test_cuda_matches_cpu():
     gpu = cnflow.odeint(_lotka_volterra, y0.cuda(), t.cuda(), rtol=1e-6, atol=1e-6)
     assert gpu.device.type == "cuda"
     assert torch.allclose(gpu.cpu(), cpu, atol=1e-5)
+
+
+def test_controllers_are_objects_that_keep_their_step_between_solves():
+    """integrate asks the controller only; a PI controller reused for a second interval
+    starts from the step it carried instead of probing again."""
+    from cnflow.solvers.controllers import FixedGrid, PIController, StepControl
+    from cnflow.solvers.runge_kutta import integrate
+
+    def func(t, y):
+        return -y * (1 + t)
+
+    y0 = torch.tensor([1.0, 2.0], dtype=F64)
+    tab = TABLEAUS["dopri5"]
+    controller = PIController(tab, 1e-8, 1e-8, StepControl(), make_norm("rms", [y0.shape]))
+    first, second = StepStats(), StepStats()
+    y1 = integrate(func, y0, [0.0, 0.5], tab, controller, first)[-1]
+    integrate(func, y1, [0.5, 1.0], tab, controller, second)
+    # One probe evaluation in the first solve only: f0, then 6 per attempted step (FSAL).
+    steps = first.n_accepted + first.n_rejected
+    assert first.nfe == 2 + 6 * steps
+    assert second.nfe == 1 + 6 * (second.n_accepted + second.n_rejected)
+    grid = FixedGrid("rk4", 0.1, max_num_steps=100)
+    ys = integrate(func, y0, [0.0, 1.0], TABLEAUS["rk4"], grid, StepStats())
+    direct = cnflow.odeint(func, y0, torch.tensor([0.0, 1.0], dtype=F64), method="rk4",
+                           options={"step_size": 0.1})
+    assert torch.equal(ys[-1], direct[-1])

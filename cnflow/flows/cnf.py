@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from itertools import pairwise
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -84,26 +85,42 @@ class GatedHyperDynamics(nn.Module):
             out.weight[u].zero_()
             out.bias[u].zero_()
 
+    def _hyper(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The hypernetwork at the rows of ``x`` (``(K, 1 + k)`` rows of ``[t, c]``): its
+        hidden activations, ``W``, gated ``U``, ``b``, and the gate and ungated ``U``."""
+        m, d = self.width, self.dim
+        h1 = torch.tanh(self.hyper[0](x))
+        h2 = torch.tanh(self.hyper[2](h1))
+        raw = self.hyper[4](h2)
+        u = raw[:, m * d: 2 * m * d].view(-1, m, d)
+        sig = torch.sigmoid(raw[:, 2 * m * d + m:])
+        return (h1, h2, raw[:, : m * d].view(-1, m, d), sig[:, :, None] * u,
+                raw[:, 2 * m * d: 2 * m * d + m], sig, u)
+
+    def units(self, x: torch.Tensor) -> list[_Unit]:
+        """The units at each row of ``x``, shared by all points (the joint field's path)."""
+        h1, h2, w, gated, b, sig, u = self._hyper(x)
+        s = (gated * w).sum(2)
+        rest = (x, h1, h2, sig, u)  # for param_vjp only: indexed there, not here
+        return [_Unit(*row, rest, i) for i, row in enumerate(zip(
+            w.transpose(1, 2), gated.transpose(1, 2), b, s, s.sum(1)))]
+
     def unit_parameters(self, t: torch.Tensor, context: torch.Tensor | None = None,
                         rows: int = 1) -> tuple[torch.Tensor, ...]:
         """``W``, gated ``σ ⊙ U`` and ``b`` at ``(t, c)``: shapes ``(M, D)``, ``(M, D)``,
         ``(M,)`` when all points share them, else ``(rows, M, D)``, ``(rows, M, D)``,
         ``(rows, M)``."""
-        m, d = self.width, self.dim
-        params = self.hyper(_conditioning(t, context, rows, self.hyper[0].weight.dtype))
-        w = params[:, : m * d].reshape(-1, m, d)
-        u = params[:, m * d: 2 * m * d].reshape(-1, m, d)
-        b = params[:, 2 * m * d: 2 * m * d + m]
-        gated = torch.sigmoid(params[:, 2 * m * d + m:])[:, :, None] * u
-        if params.shape[0] == 1:
+        _, _, w, gated, b, _, _ = self._hyper(
+            _conditioning(t, context, rows, self.hyper[0].weight.dtype))
+        if w.shape[0] == 1:
             return w[0], gated[0], b[0]
         return w, gated, b
 
     def _hidden(self, t, z, context):
         w, u, b = self.unit_parameters(t, context, len(z))
         if w.dim() == 2:  # shared by all points: one matrix product
-            return torch.tanh(torch.addmm(b, z, w.t())), w, u
-        return torch.tanh(torch.einsum("nmd,nd->nm", w, z) + b), w, u
+            return _tanh_affine(b, z, w.t()), w, u
+        return _tanh(torch.einsum("nmd,nd->nm", w, z) + b), w, u
 
     def forward(self, t: torch.Tensor, z: torch.Tensor,
                 context: torch.Tensor | None = None) -> torch.Tensor:
@@ -116,9 +133,105 @@ class GatedHyperDynamics(nn.Module):
         """``f(z, t)`` and ``tr(∂f/∂z)`` per point, in closed form."""
         h, w, u = self._hidden(t, z, context)
         if u.dim() == 2:
-            return h @ u, (1 - h * h) @ (u * w).sum(1)
+            return (u.t() @ h.t()).t(), (1 - h * h) @ (u * w).sum(1)
         return (torch.einsum("nm,nmd->nd", h, u),
                 ((1 - h * h) * (u * w).sum(2)).sum(1))
+
+    # The joint field's closed forms, with units shared by all points. Products with a few
+    # output columns are written transposed, (Uᵀ hᵀ)ᵀ for h U: MKL's kernel for that shape
+    # measured about twice as fast at (512, 64) @ (64, 2); the results are transposed views,
+    # which the joint field copies into its state anyway.
+
+    def joint(self, unit: _Unit, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``f`` and ``d log p/dt = −tr(∂f/∂z) = Σ_m (h_m² − 1) s_m`` at ``unit``."""
+        h = _tanh_affine(unit.b, z, unit.w_t)
+        return (unit.gated_t @ h.t()).t(), (h * h) @ unit.s - unit.s_sum
+
+    def joint_vjp(self, unit: _Unit, z: torch.Tensor, a_z: torch.Tensor,
+                  a_logp: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """:meth:`joint`, and ``∂(a_z·f + a_logp·d log p/dt)/∂z`` in closed form, with a
+        partial for :meth:`param_vjp`.
+
+        With ``h = tanh(Wz + b)``, ``s_m = u_m·w_m`` and ``d log p/dt = Σ_m (h_m² − 1) s_m``,
+        the cotangent of ``h`` is ``a_z Uᵀ + 2 a_logp h s``; ``z`` gets it through
+        ``(1 − h²)`` and ``W``.
+        """
+        h = _tanh_affine(unit.b, z, unit.w_t)
+        hh = h * h
+        slope = 1 - hh
+        g = (a_z @ unit.gated_t).addcmul_(h * unit.s, a_logp[:, None], value=2).mul_(slope)
+        return ((unit.gated_t @ h.t()).t(), hh @ unit.s - unit.s_sum, (unit.w_t @ g.t()).t(),
+                (unit, z, h, slope, g, a_z, a_logp))
+
+    def param_vjp(self, partials: list[tuple], weights: torch.Tensor
+                  ) -> tuple[torch.Tensor, ...]:
+        """``Σ_k w_k ∂(a_z·f + a_logp·d log p/dt)/∂θ`` over :meth:`joint_vjp` partials, for
+        ``θ = self.parameters()``: the units' cotangents of every evaluation, then one pass
+        back through the hypernetwork for all of them (its rows are their times)."""
+        ds, d_gated_t, d_w_t, d_b = (torch.stack(v) for v in zip(*(
+            (a_logp @ slope, a_z.t() @ h, z.t() @ g, g.sum(0))
+            for _, z, h, slope, g, a_z, a_logp in partials)))
+        units = [p[0] for p in partials]
+        w_t, gated_t = (torch.stack([getattr(u, name) for u in units])
+                        for name in ("w_t", "gated_t"))
+        x, h1, h2 = (torch.stack([u.rest[j][u.i] for u in units]) for j in range(3))
+        # s = Σ_d gated ⊙ W enters d log p/dt with cotangent −(a_logp · (1 − h²)) = −ds.
+        d_gated_t.addcmul_(w_t, ds[:, None, :], value=-1)
+        d_w_t.addcmul_(gated_t, ds[:, None, :], value=-1)
+        d_raw = self._raw_cotangent(units, d_w_t, d_gated_t, d_b).mul_(weights[:, None])
+        second, out = self.hyper[2], self.hyper[4]
+        d_q2 = (d_raw @ out.weight) * (1 - h2 * h2)
+        d_q1 = (d_q2 @ second.weight) * (1 - h1 * h1)
+        return (d_q1.t() @ x, d_q1.sum(0), d_q2.t() @ h1, d_q2.sum(0), d_raw.t() @ h2,
+                d_raw.sum(0))
+
+    def _raw_cotangent(self, units: list[_Unit], d_w_t: torch.Tensor, d_gated_t: torch.Tensor,
+                       d_b: torch.Tensor) -> torch.Tensor:
+        """The cotangents ``(K, P)`` of the hypernetwork's outputs at the units' times, from
+        those of ``Wᵀ``, gated ``Uᵀ`` (``(K, D, M)``) and ``b``: the chain rule of
+        :meth:`_hyper`'s parameterisation."""
+        sig, u = (torch.stack([x.rest[j][x.i] for x in units]) for j in (3, 4))
+        d_gated = d_gated_t.transpose(1, 2)
+        d_gate = sig * (1 - sig) * (u * d_gated).sum(2)
+        k = len(units)
+        return torch.cat([d_w_t.transpose(1, 2).reshape(k, -1),
+                          (sig[:, :, None] * d_gated).reshape(k, -1), d_b, d_gate], 1)
+
+
+class _Unit(NamedTuple):
+    """:class:`GatedHyperDynamics`' units at one time, shared by all points: ``Wᵀ`` and
+    gated ``Uᵀ`` (``(D, M)``), ``b``, ``s = Σ_d gated ⊙ W`` and its sum; and, for the
+    parameter cotangents, row ``i`` of ``rest``: the hypernetwork's inputs, hidden
+    activations, gates ``σ`` and ungated ``U`` at all the times it was evaluated at."""
+
+    w_t: torch.Tensor
+    gated_t: torch.Tensor
+    b: torch.Tensor
+    s: torch.Tensor
+    s_sum: torch.Tensor
+    rest: tuple[torch.Tensor, ...]
+    i: int
+
+
+def _tanh(x: torch.Tensor) -> torch.Tensor:
+    """``tanh``, as ``2σ(2x) − 1`` on the CPU.
+
+    torch's CPU tanh kernel measured 4–5× slower than its sigmoid on the field's (batch, M)
+    intermediates (one thread, AVX-512: 100 µs against 20 µs at 512 × 64), the largest single
+    cost of an evaluation. The two agree to 2e-7 absolute in float32 and 4e-16 in float64.
+    """
+    if x.device.type != "cpu":
+        return torch.tanh(x)
+    y = torch.sigmoid(2 * x)
+    return y * 2 - 1 if y.requires_grad else y.mul_(2).sub_(1)
+
+
+def _tanh_affine(b: torch.Tensor, z: torch.Tensor, w_t: torch.Tensor) -> torch.Tensor:
+    """``tanh(z Wᵀ + b)``; on the CPU the ``2x`` of :func:`_tanh` rides on the product."""
+    if z.device.type != "cpu":
+        return torch.tanh(torch.addmm(b, z, w_t))
+    y = torch.sigmoid(torch.addmm(b, z, w_t, beta=2, alpha=2))
+    return y * 2 - 1 if y.requires_grad else y.mul_(2).sub_(1)
 
 
 class ConcatSquash(nn.Module):
@@ -189,8 +302,45 @@ class _JointField:
         self.kinetic, self.jacobian, self.block = kinetic, jacobian, block
         self.inputs_need_grad = any(p.requires_grad for p in dynamics.parameters()) or (
             context is not None and context.requires_grad)
+        # The closed-form VJP and the stage-time batching need a closed-form trace, no
+        # regularisers, and units shared by all points (no context).
+        self.shared = (trace == "closed_form" and not (kinetic or jacobian)
+                       and context is None and hasattr(dynamics, "joint_vjp"))
+
+    @property
+    def vjp_params(self) -> tuple[torch.Tensor, ...] | None:
+        """The dynamics' parameters where the closed-form VJP applies (the solver core's
+        VJP protocol, :mod:`cnflow.solvers.field`), else None: autograd."""
+        return tuple(self.dynamics.parameters()) if self.shared else None
+
+    def vjp(self, t: torch.Tensor, y: torch.Tensor, a: torch.Tensor
+            ) -> tuple[torch.Tensor, torch.Tensor, object]:
+        """The field, ``aᵀ ∂field/∂y`` and a partial for :meth:`param_vjp`, in closed form."""
+        return self._vjp(self._units(t[None])[0], y, a)
+
+    def _units(self, ts: torch.Tensor) -> list:
+        """The dynamics' units at each time in ``ts``."""
+        return self.dynamics.units(ts[:, None].to(self.dynamics.hyper[0].weight.dtype))
+
+    def _vjp(self, unit, y: torch.Tensor, a: torch.Tensor
+             ) -> tuple[torch.Tensor, torch.Tensor, object]:
+        d = self.dim
+        dz, dlogp, a_z, partial = self.dynamics.joint_vjp(unit, y[:, :d], a[:, :d], a[:, d])
+        # No column depends on the log-density: its cotangent is zero.
+        return torch.cat([dz, dlogp[:, None]], 1), nn.functional.pad(a_z, (0, 1)), partial
+
+    def param_vjp(self, partials: list, weights: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return self.dynamics.param_vjp(partials, weights)
+
+    def at_times(self, ts: torch.Tensor) -> list[_JointFieldAt] | None:
+        """The field at each time in ``ts``, the hypernetwork evaluated once for all."""
+        if not self.shared:
+            return None
+        return [_JointFieldAt(self, unit) for unit in self._units(ts)]
 
     def __call__(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if self.shared:
+            return _JointFieldAt(self, self._units(t[None])[0])(y)
         if self.block is None or len(y) <= self.block or torch.is_grad_enabled():
             return self._rows(t, y, self.noise, self.context)
         # Without a graph the rows are independent: evaluated in blocks, the field's
@@ -244,6 +394,27 @@ class _JointField:
             grad = torch.autograd.grad(dz[:, i].sum(), z, create_graph=True, retain_graph=True)
             trace = trace + grad[0][:, i]
         return trace
+
+
+class _JointFieldAt:
+    """A :class:`_JointField` at one time, with the units its hypernetwork gave there."""
+
+    def __init__(self, field: _JointField, unit):
+        self.field, self.unit = field, unit
+
+    def __call__(self, y: torch.Tensor) -> torch.Tensor:
+        block = self.field.block
+        if block is None or len(y) <= block or torch.is_grad_enabled():
+            return self._rows(y)
+        # In row blocks, as _JointField._blocks does (no noise or context here).
+        return torch.cat([self._rows(y[i: i + block]) for i in range(0, len(y), block)])
+
+    def _rows(self, y: torch.Tensor) -> torch.Tensor:
+        dz, dlogp = self.field.dynamics.joint(self.unit, y[:, : self.field.dim])
+        return torch.cat([dz, dlogp[:, None]], 1)
+
+    def vjp(self, y: torch.Tensor, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, object]:
+        return self.field._vjp(self.unit, y, a)
 
 
 class CNF(Flow):

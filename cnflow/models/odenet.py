@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 import cnflow
+from cnflow.solvers import ADAPTIVE_METHODS, FIXED_STEP_METHODS, GRADIENT_MODES
 
 __all__ = [
     "ADAPTIVE_METHODS",
@@ -45,9 +46,6 @@ __all__ = [
     "ode_blocks",
 ]
 
-FIXED_STEP_METHODS = ("euler", "midpoint", "heun", "rk4")
-ADAPTIVE_METHODS = ("bosh3", "dopri5", "tsit5", "dopri8")
-GRADIENT_MODES = ("adjoint", "direct", "checkpoint")
 MODEL_NAMES = ("mlp", "resnet", "rknet", "odenet")
 
 

@@ -1,115 +1,198 @@
-"""Gradient strategies that do not keep the solver's graph: adjoint and checkpointed.
+"""The adjoint gradient strategy (Chen et al. 2018, Sec. 2 and Algorithm 1).
 
-Adjoint (Chen et al. 2018, Sec. 2 and Algorithm 1): one augmented solve backwards in time
-per output interval, of the state ``y``, its adjoint ``a = dL/dy`` and the parameter
-adjoint; at every output time the adjoint jumps by that output's incoming gradient (the
-paper's Figure 2), and the state restarts from the stored forward value, which keeps the
-backward reconstruction of ``y`` from drifting over many intervals.
+One augmented solve backwards in time per output interval, of the state ``y``, its adjoint
+``a = dL/dy`` and the parameter adjoint ``a_θ = dL/dθ``: in backward time ``s = −t``
 
-Checkpointed: the forward solve keeps the state at the start of every accepted step; the
-backward pass recomputes one step at a time with autograd. It gives the gradient of the
-discrete forward solution — the same as direct backpropagation — even where reconstructing
-``y`` backwards in time is unstable (the paper's Sec. 6 caveat), with memory of one state
-per step instead of the whole graph.
+    dy/ds = −f,    da/ds = aᵀ ∂f/∂y,    da_θ/ds = aᵀ ∂f/∂θ.
 
-Time gradients use exact identities instead of an extra integrated component:
-``dL/dt_i = g_i · f(t_i, y_i)`` for each output, and ``dL/dt_0 = −(dL/dy_0) · f(t_0, y_0)``
-(shifting the start time along the trajectory leaves every output unchanged). This equals
-the paper's Appendix C quantity and costs one evaluation per output time.
+At every output time the adjoint jumps by that output's incoming gradient (the paper's
+Figure 2), and the state restarts from the stored forward value, which keeps the backward
+reconstruction of ``y`` from drifting over many intervals. One step-size controller serves
+all intervals, so the step size carries over instead of each interval restarting with an
+initial-step probe and a small first step.
+
+The vector-Jacobian products come from the field's own ``vjp`` when it has one (see
+:mod:`cnflow.solvers.field`), else from ``torch.autograd.grad``.
+
+**The parameter adjoint as a quadrature.** Under the seminorm the error norm measures
+``(y, a)`` only. Their derivatives do not depend on ``a_θ`` either, so every stage of
+``(y, a)``, every error ratio and hence every accept/reject decision is the same whether
+``a_θ`` is carried in the Runge–Kutta state or not; and the Runge–Kutta update of the
+``a_θ`` components is ``a_θ ← a_θ + h Σ_i b_i g_i`` with ``g_i = a_iᵀ ∂f/∂θ`` at stage
+``i`` — a quadrature over the accepted steps' stages. Accumulating that sum directly is
+therefore the same computation up to the order of floating-point additions, not an
+approximation; it skips the parameter VJPs of rejected steps and of zero weights ``b_i``,
+never combines the (large) parameter vector into stages, and lets a field compute all
+stages' parameter cotangents of a step at once. Without the seminorm ``a_θ`` enters the
+error norm, so it is carried in the state as before.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from functools import partial
+from typing import Any
 
 import torch
 from torch.autograd.function import once_differentiable
 
-from cnflow.solvers.odeint import Problem, _check_options, make_norm
-from cnflow.solvers.runge_kutta import DenseStep, StepRecord, StepStats, integrate, rk_step
-from cnflow.solvers.tableaus import ButcherTableau
+from cnflow.solvers.controllers import StepControl, make_controller
+from cnflow.solvers.field import FieldVJP
+from cnflow.solvers.gradients import Gradient, GradientArgs
+from cnflow.solvers.problem import Problem, check_options, check_tolerances, make_norm
+from cnflow.solvers.runge_kutta import integrate
+from cnflow.solvers.tableaus import ButcherTableau, get_tableau
+
+__all__ = ["Adjoint"]
 
 
-def _time(t: float, like: torch.Tensor) -> torch.Tensor:
-    return torch.full((), t, dtype=like.dtype, device=like.device)
+class Adjoint(Gradient):
+    """Gradients from the adjoint ODE; memory independent of the number of steps.
 
+    Args:
+        tableau: method of the backward solve.
+        rtol, atol: its tolerances.
+        control: its step options.
+        norm_kind: its error norm (``"seminorm"``: the parameter adjoint is left out of the
+            step control and integrated as a quadrature).
+    """
 
-def _backward_stats(problem: Problem) -> StepStats:
-    if problem.stats.backward is None:
-        problem.stats.backward = StepStats()
-    return problem.stats.backward
+    def __init__(self, tableau: ButcherTableau, rtol: float, atol: float,
+                 control: StepControl, norm_kind: Any):
+        self.tableau, self.rtol, self.atol = tableau, rtol, atol
+        self.control, self.norm_kind = control, norm_kind
 
-
-class StartTimeGradient(torch.autograd.Function):
-    """Identity on ``y0`` whose backward gives ``dL/dt_0 = −(dL/dy_0) · f(t_0, y_0)``."""
-
-    @staticmethod
-    def forward(ctx, y0, t, problem):
-        ctx.problem = problem
-        ctx.save_for_backward(y0, t)
-        return y0.clone()
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_y0):
-        y0, t = ctx.saved_tensors
-        f0 = ctx.problem.func(t[0].to(y0.dtype), y0)
-        _backward_stats(ctx.problem).nfe += 1
-        grad_t = torch.zeros_like(t)
-        grad_t[0] = -(grad_y0 * f0).sum().to(t.dtype)
-        return grad_y0, grad_t, None
-
-
-class OutputTimeGradient(torch.autograd.Function):
-    """Identity on the outputs whose backward gives ``dL/dt_i = g_i · f(t_i, y_i)``."""
-
-    @staticmethod
-    def forward(ctx, ys, t, problem):
-        ctx.problem = problem
-        ctx.save_for_backward(ys, t)
-        return ys.clone()
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_ys):
-        ys, t = ctx.saved_tensors
-        fs = torch.stack([ctx.problem.func(ti.to(ys.dtype), yi) for ti, yi in zip(t, ys)])
-        _backward_stats(ctx.problem).nfe += len(ys)
-        return grad_ys, (grad_ys * fs).sum(1).to(t.dtype), None
-
-
-@dataclass
-class ReverseSolve:
-    """Method, tolerances and options of the adjoint's backward solve."""
-
-    tableau: ButcherTableau
-    rtol: float
-    atol: float
-    options: dict | None
-    name: str = "adjoint_options"  # what messages call the options
-    control: object = field(init=False)
-    norm_kind: object = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.control, self.norm_kind = _check_options(self.options, self.tableau, self.name)
-        if self.norm_kind in ("per_sample", "per_sample_max"):
-            raise ValueError(f"adjoint_options['norm']={self.norm_kind!r} is not supported; use "
+    @classmethod
+    def configure(cls, args: GradientArgs) -> Adjoint:
+        tableau = get_tableau(args.adjoint_method or args.tableau.name)
+        rtol, atol = check_tolerances(
+            args.rtol if args.adjoint_rtol is None else args.adjoint_rtol,
+            args.atol if args.adjoint_atol is None else args.adjoint_atol, tableau, args.dtype,
+            names=("rtol" if args.adjoint_rtol is None else "adjoint_rtol",
+                   "atol" if args.adjoint_atol is None else "adjoint_atol"))
+        options, name = args.adjoint_options, "adjoint_options"
+        if options is None:
+            # The forward's norm may not suit the augmented state; its step options do.
+            options = {k: v for k, v in (args.options or {}).items() if k != "norm"}
+            name = "options"
+        control, norm_kind = check_options(options, tableau, name)
+        if norm_kind in ("per_sample", "per_sample_max"):
+            raise ValueError(f"adjoint_options['norm']={norm_kind!r} is not supported; use "
                              "'rms', 'max', 'seminorm' or a callable")
+        return cls(tableau, rtol, atol, control, norm_kind)
+
+    def solve(self, problem: Problem, y0: torch.Tensor,
+              params: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        return _AdjointSolve.apply(y0, problem, self, *params)
+
+    def gradients(self, problem: Problem, ys: torch.Tensor, grad_ys: torch.Tensor,
+                  params: tuple[torch.Tensor, ...]
+                  ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """``dL/dy0`` and ``dL/dθ`` for each parameter, from the outputs' gradients."""
+        n = ys.shape[1]
+        quadrature = self.norm_kind == "seminorm"
+        system = _AdjointSystem(problem.func.vjp_for(params), n, self.tableau,
+                                carry=not quadrature, like=ys)
+        norm = make_norm(self.norm_kind, [], measured=2 * n)
+        # One controller for every interval carries the step size across them. Its
+        # initial-step probe skips the parameter VJPs under the seminorm, which does not
+        # measure them; a full norm does, so its probe needs them.
+        controller = make_controller(self.tableau, self.rtol, self.atol, self.control, norm,
+                                     probe=system.probe if quadrature else None)
+        stats = problem.stats.backward_stats()
+        a = grad_ys[-1]
+        a_params = ys.new_zeros(sum(p.numel() for p in params))
+        times = problem.times
+        for i in range(len(times) - 1, 0, -1):
+            z = torch.cat([ys[i], a] if quadrature else [ys[i], a, a_params])
+            system.partials.clear()  # the interval's first evaluation is its first stage
+            z = integrate(system, z, [-times[i], -times[i - 1]], self.tableau, controller,
+                           stats, on_step=system.on_step if quadrature else None)[-1]
+            a = z[n:2 * n] + grad_ys[i - 1]
+            a_params = z[2 * n:]
+        if quadrature:
+            return a, system.totals(params)
+        return a, [g.view_as(p) for g, p in
+                   zip(torch.split(a_params, [p.numel() for p in params]), params)]
 
 
-def _flat_grads(grads, like: list[torch.Tensor]) -> list[torch.Tensor]:
-    return [torch.zeros_like(x).reshape(-1) if g is None else g.reshape(-1)
-            for g, x in zip(grads, like)]
+class _AdjointSystem:
+    """The augmented field in backward time: ``[y, a]``, or ``[y, a, a_θ]`` when carried.
+
+    In quadrature mode it keeps the partial parameter VJP of each evaluation until
+    :func:`~cnflow.solvers.runge_kutta.integrate` reports whether the step that made it
+    was accepted (``on_step``), relying on its contract that a step's stages are its
+    ``f0`` and the next ``stages − 1`` evaluations.
+    """
+
+    def __init__(self, vjp: FieldVJP, n: int, tab: ButcherTableau, carry: bool,
+                 like: torch.Tensor):
+        self.vjp, self.n, self.tab, self.carry = vjp, n, tab, carry
+        self.partials: list[Any] = []
+        self.total: list[torch.Tensor] | None = None
+        # The quadrature's nonzero weights, and the weight of one evaluation, on the state's
+        # device once per backward pass.
+        self.b = torch.tensor([b for b in tab.b if b != 0.0], dtype=like.dtype,
+                              device=like.device)
+        self.one = self.b.new_ones(1)
+
+    def __call__(self, s: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        return self._evaluate(partial(self.vjp, -s), z)  # the field at t = −s
+
+    def at_times(self, ss: torch.Tensor) -> list[Callable[[torch.Tensor], torch.Tensor]] | None:
+        """The system at each backward time in ``ss``, from the VJP's own ``at_times``."""
+        vjps = self.vjp.at_times(-ss)
+        return None if vjps is None else [partial(self._evaluate, v) for v in vjps]
+
+    def _evaluate(self, vjp: Callable[..., tuple], z: torch.Tensor) -> torch.Tensor:
+        n = self.n
+        neg_f, a_y, partial_vjp = vjp(z[:n], z[n:2 * n])
+        if not self.carry:
+            self.partials.append(partial_vjp)
+            return torch.cat([neg_f, a_y])
+        grads = self.vjp.params([partial_vjp], self.one)
+        return torch.cat([neg_f, a_y, *(g.reshape(-1) for g in grads)])
+
+    def probe(self, s: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """The ``(y, a)`` field alone, for the initial-step probe, which the seminorm makes
+        blind to the parameter adjoint anyway."""
+        n = self.n
+        neg_f, a_y, _ = self.vjp(-s, z[:n], z[n:2 * n], with_params=False)
+        return torch.cat([neg_f, a_y])
+
+    def on_step(self, accepted: bool, h: float) -> None:
+        stages = self.tab.stages
+        if not accepted:
+            del self.partials[1:]  # the retried step starts from the same f0
+            return
+        if len(self.partials) != stages:
+            raise RuntimeError(f"internal error: {len(self.partials)} evaluations logged for "
+                               f"a step of {stages} stages")
+        used = [p for p, b in zip(self.partials, self.tab.b) if b != 0.0]
+        grads = self.vjp.params(used, self.b * h)
+        if self.total is None:
+            self.total = [g.clone() for g in grads]  # accumulated in place below
+        else:
+            for acc, g in zip(self.total, grads):
+                acc.add_(g)
+        # An FSAL method's last stage is the next step's f0; otherwise the next f0 is the
+        # evaluation integrate makes after this call.
+        self.partials = self.partials[-1:] if self.tab.fsal else []
+
+    def totals(self, params: tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
+        if self.total is None:
+            return [torch.zeros_like(p) for p in params]
+        return self.total
 
 
-class AdjointSolve(torch.autograd.Function):
+class _AdjointSolve(torch.autograd.Function):
     """Forward solve without a graph; gradients from the augmented reverse-time ODE."""
 
     @staticmethod
-    def forward(ctx, y0, problem, reverse, *params):
+    def forward(ctx, y0, problem, strategy, *params):
         with torch.no_grad():
             ys = torch.stack(problem.run(y0))
-        ctx.problem, ctx.reverse = problem, reverse
+        ctx.problem, ctx.strategy = problem, strategy
         ctx.save_for_backward(ys, *params)
         return ys
 
@@ -117,90 +200,5 @@ class AdjointSolve(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_ys):
         ys, *params = ctx.saved_tensors
-        problem: Problem = ctx.problem
-        rev: ReverseSolve = ctx.reverse
-        n = ys.shape[1]
-        func = problem.func
-
-        def augmented(t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-            with torch.enable_grad():
-                y = z[:n].detach().requires_grad_(True)
-                f = func(t, y)
-                if f.requires_grad:
-                    vjps = torch.autograd.grad(f, (y, *params), -z[n:2 * n],
-                                               allow_unused=True)
-                else:
-                    # A field that depends on neither y nor the parameters (a constant, a
-                    # function of t alone) has no graph: both adjoints have zero derivative.
-                    vjps = (None,) * (1 + len(params))
-            return torch.cat([f.detach(), *_flat_grads(vjps, [y, *params])])
-
-        def backwards_in_time(s: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-            return -augmented(-s, z)
-
-        norm = make_norm(rev.norm_kind, [], measured=2 * n)
-        stats = _backward_stats(problem)
-        a = grad_ys[-1]
-        a_params = torch.zeros(sum(p.numel() for p in params), dtype=ys.dtype,
-                               device=ys.device)
-        times = problem.times
-        for i in range(len(times) - 1, 0, -1):
-            z = torch.cat([ys[i], a, a_params])
-            z = integrate(backwards_in_time, z, [-times[i], -times[i - 1]], rev.tableau,
-                          rev.rtol, rev.atol, rev.control, norm, stats)[-1]
-            a = z[n:2 * n] + grad_ys[i - 1]
-            a_params = z[2 * n:]
-        grads = [g.view_as(p) for g, p in
-                 zip(torch.split(a_params, [p.numel() for p in params]), params)]
-        return (a, None, None, *grads)
-
-
-class CheckpointSolve(torch.autograd.Function):
-    """Forward solve keeping each accepted step's start; backward recomputes step by step."""
-
-    @staticmethod
-    def forward(ctx, y0, problem, *params):
-        record = StepRecord()
-        with torch.no_grad():
-            ys = torch.stack(problem.run(y0, record))
-        ctx.problem, ctx.record = problem, record
-        ctx.save_for_backward(*params)
-        return ys
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_ys):
-        params = ctx.saved_tensors
-        problem: Problem = ctx.problem
-        record: StepRecord = ctx.record
-        tab = problem.tableau
-        stats = _backward_stats(problem)
-        in_step: dict[int, list[tuple[int, float | None]]] = {}
-        for k, (step, theta) in enumerate(record.outputs, start=1):
-            in_step.setdefault(step, []).append((k, theta))
-
-        a = torch.zeros_like(grad_ys[0])
-        grad_params = [torch.zeros_like(p) for p in params]
-        for step in range(len(record.starts) - 1, -1, -1):
-            t, h, y = record.starts[step]
-            outputs = in_step.get(step, [])
-            for k, theta in outputs:
-                if theta is None:
-                    a = a + grad_ys[k]
-            with torch.enable_grad():
-                y_in = y.detach().requires_grad_(True)
-                f0 = problem.func(_time(t, y), y_in)
-                y1, ks = rk_step(problem.func, tab, t, y_in, f0, h)
-                stats.nfe += tab.stages
-                stats.n_accepted += 1
-                total = (a * y1).sum()
-                dense = DenseStep(problem.func, tab, t, h, y_in, y1, ks, stats)
-                for k, theta in outputs:
-                    if theta is not None:
-                        total = total + (grad_ys[k] * dense(theta)).sum()
-                grads = torch.autograd.grad(total, (y_in, *params), allow_unused=True)
-            a = grads[0]
-            for acc, g in zip(grad_params, grads[1:]):
-                if g is not None:
-                    acc.add_(g)
-        return (a + grad_ys[0], None, *grad_params)
+        grad_y0, grads = ctx.strategy.gradients(ctx.problem, ys, grad_ys, tuple(params))
+        return (grad_y0, None, None, *grads)

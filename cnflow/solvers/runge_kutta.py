@@ -9,9 +9,9 @@ decides acceptance. Fixed-step methods do not synchronise at all.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
 
@@ -40,21 +40,6 @@ class StepStats:
     n_rejected: int = 0
 
 
-@dataclass(frozen=True)
-class StepControl:
-    """Validated solver options (see ``cnflow.odeint``'s ``options``)."""
-
-    step_size: float | None = None
-    first_step: float | None = None
-    min_step: float = 0.0
-    max_step: float = math.inf
-    max_num_steps: int = 100_000
-    safety: float = 0.9
-    ifactor: float = 10.0
-    dfactor: float = 0.2
-    pi_beta: float = 0.04
-
-
 @dataclass
 class StepRecord:
     """Accepted steps of a forward solve, kept by the checkpointed gradient mode."""
@@ -64,7 +49,7 @@ class StepRecord:
     outputs: list[tuple[int, float | None]] = field(default_factory=list)
 
 
-def _combine(weights: tuple[float, ...], ks: list[torch.Tensor]) -> torch.Tensor | None:
+def combine(weights: tuple[float, ...], ks: list[torch.Tensor]) -> torch.Tensor | None:
     acc = None
     for w, k in zip(weights, ks):
         if w != 0.0:
@@ -72,25 +57,34 @@ def _combine(weights: tuple[float, ...], ks: list[torch.Tensor]) -> torch.Tensor
     return acc
 
 
-def _time(t: float, like: torch.Tensor) -> torch.Tensor:
+def time_tensor(t: float, like: torch.Tensor) -> torch.Tensor:
     # torch.full passes the value as a kernel argument: no host-to-device copy, no sync.
     return torch.full((), t, dtype=like.dtype, device=like.device)
 
 
 def rk_step(func: Func, tab: ButcherTableau, t: float, y: torch.Tensor, f0: torch.Tensor,
             h: float) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """One step of ``tab`` from ``(t, y)`` with ``f0 = func(t, y)``: returns ``y1`` and the stages."""
+    """One step of ``tab`` from ``(t, y)`` with ``f0 = func(t, y)``: returns ``y1`` and the stages.
+
+    A field with ``at_times(ts)`` (see :mod:`cnflow.solvers.field`) gets all of the step's
+    stage times at once, which lets it compute what depends on time alone — a hypernetwork
+    of ``t`` — once per step instead of once per stage. The times are the same tensors
+    either way.
+    """
+    times = [time_tensor(t + c * h, y) for c in tab.c[1:]]
+    at_times = getattr(func, "at_times", None)
+    fields = at_times(torch.stack(times)) if at_times is not None and times else None
     ks = [f0]
     y1 = None
     for i in range(1, tab.stages):
         if tab.fsal and i == tab.stages - 1:
-            y1 = y.add(_combine(tab.b, ks), alpha=h)
+            y1 = y.add(combine(tab.b, ks), alpha=h)
             yi = y1
         else:
-            yi = y.add(_combine(tab.a[i], ks), alpha=h)
-        ks.append(func(_time(t + tab.c[i] * h, y), yi))
+            yi = y.add(combine(tab.a[i], ks), alpha=h)
+        ks.append(func(times[i - 1], yi) if fields is None else fields[i - 1](yi))
     if y1 is None:
-        y1 = y.add(_combine(tab.b, ks), alpha=h)
+        y1 = y.add(combine(tab.b, ks), alpha=h)
     return y1, ks
 
 
@@ -108,7 +102,7 @@ class DenseStep:
         if self.tab.fsal:
             return self.ks[self.tab.stages - 1]
         if len(self.ks) == self.tab.stages:
-            self.ks.append(self.func(_time(self.t + self.h, self.y), self.y1))
+            self.ks.append(self.func(time_tensor(self.t + self.h, self.y), self.y1))
             self.stats.nfe += 1
         return self.ks[self.tab.stages]
 
@@ -116,83 +110,48 @@ class DenseStep:
         if not self._ready:
             self.f1()
             for c, row in zip(self.tab.extra_c, self.tab.extra_a):
-                ye = self.y.add(_combine(row, self.ks), alpha=self.h)
-                self.ks.append(self.func(_time(self.t + c * self.h, self.y), ye))
+                ye = self.y.add(combine(row, self.ks), alpha=self.h)
+                self.ks.append(self.func(time_tensor(self.t + c * self.h, self.y), ye))
                 self.stats.nfe += 1
             self._ready = True
         weights = tuple(sum(p * theta ** (j + 1) for j, p in enumerate(row))
                         for row in self.tab.interp)
-        return self.y.add(_combine(weights, self.ks), alpha=self.h)
+        return self.y.add(combine(weights, self.ks), alpha=self.h)
 
 
-def _initial_step(func: Func, tab: ButcherTableau, t0: float, y0: torch.Tensor,
-                  f0: torch.Tensor, rtol: float, atol: float, norm: Norm,
-                  stats: StepStats) -> float:
-    """Hairer, Nørsett & Wanner (1993), Sec. II.4: a first step from two derivative samples."""
-    scale = atol + rtol * y0.abs()
-    d0, d1 = torch.stack([norm(y0 / scale), norm(f0 / scale)]).tolist()
-    if not (math.isfinite(d0) and math.isfinite(d1)):
-        raise _fail("the initial state or the vector field is not finite", t0, 0.0,
-                    "Check y0 and the field's parameters (a diverged training run?).")
-    h0 = 1e-6 if d0 < 1e-5 or d1 < 1e-5 else 0.01 * d0 / d1
-    # A field that is huge next to the state makes h0 underflow to zero.
-    h0 = max(h0, 1e-12)
-    f1 = func(_time(t0 + h0, y0), y0 + h0 * f0)
-    stats.nfe += 1
-    d2 = float(norm((f1 - f0) / scale)) / h0
-    q = tab.controller_order
-    dmax = max(d1, d2)
-    h1 = max(1e-6, h0 * 1e-3) if dmax <= 1e-15 else (0.01 / dmax) ** (1.0 / q)
-    return min(100 * h0, h1)
-
-
-def _fail(reason: str, t: float, h: float, hint: str) -> ODESolverError:
+def fail(reason: str, t: float, h: float, hint: str) -> ODESolverError:
+    """The error for a solve that stops at ``t`` with step size ``h``."""
     return ODESolverError(f"{reason} at t={t:.8g} (step size h={h:.3g}). {hint}")
 
 
-class _FixedGrid:
-    """The step ends of a fixed-step solve, computed on demand instead of stored.
+class StepSizeController(Protocol):
+    """What :func:`integrate` asks of a step-size controller (see ``controllers``)."""
 
-    Without ``step_size`` the grid is the output times; with it, ``t0 + i * step_size`` up to
-    the end, whose last step may be shorter. The number of steps is known arithmetically, so
-    the budget is checked before anything is allocated or evaluated.
-    """
+    max_num_steps: int
 
-    def __init__(self, times: list[float], step_size: float | None):
-        self.times, self.step_size = times, step_size
-        if step_size is None:
-            self.n_steps: int | float = len(times) - 1
-        else:
-            span = times[-1] - times[0]
-            ratio = span / step_size  # inf for a subnormal step over a long span
-            # The 1e-9 keeps a span that is a whole number of steps up to round-off from
-            # getting one extra, vanishing step.
-            self.n_steps = max(1, math.ceil(ratio - 1e-9)) if math.isfinite(ratio) else math.inf
+    def init(self, times: list[float]) -> None:
+        """Start a solve over ``times``, before the first evaluation (budget checks)."""
 
-    def check_budget(self, max_num_steps: int, name: str) -> None:
-        if self.n_steps <= max_num_steps:
-            return
-        if self.step_size is None:
-            what = f"the {len(self.times)} output times imply {self.n_steps} steps"
-            fix = "Raise options['max_num_steps']."
-        else:
-            what = (f"options['step_size']={self.step_size:.6g} over a time span of "
-                    f"{self.times[-1] - self.times[0]:.8g} implies {self.n_steps:.6g} steps")
-            fix = "Use a larger options['step_size'] or raise options['max_num_steps']."
-        raise ODESolverError(f"{name}: {what}, more than max_num_steps={max_num_steps}. {fix}")
+    def first_step(self, func: Func, t0: float, y0: torch.Tensor, f0: torch.Tensor,
+                   stats: StepStats) -> float:
+        """The first step to try from ``(t0, y0)`` with ``f0 = func(t0, y0)``."""
 
-    def point(self, i: int) -> float:
-        """The end of step ``i`` (1-based); the last is exactly the final output time."""
-        if self.step_size is None:
-            return self.times[i]
-        if i >= self.n_steps:
-            return self.times[-1]
-        return self.times[0] + i * self.step_size
+    def propose(self, t: float, h: float) -> tuple[float, float]:
+        """The step to attempt from ``t`` given the wanted ``h``: ``(h, t + h)``."""
+
+    def adapt(self, t: float, h: float, y: torch.Tensor, y1: torch.Tensor,
+              ks: list[torch.Tensor]) -> tuple[bool, float]:
+        """Whether the step ``(t, y) -> (t + h, y1)`` with stages ``ks`` is accepted, and the
+        step to try next."""
+
+    def finish(self, y: torch.Tensor) -> None:
+        """Checks at the end of a solve that ends in ``y``."""
 
 
 def integrate(func: Func, y0: torch.Tensor, times: list[float], tab: ButcherTableau,
-              rtol: float, atol: float, control: StepControl, norm: Norm, stats: StepStats,
-              record: StepRecord | None = None) -> list[torch.Tensor]:
+              controller: StepSizeController, stats: StepStats,
+              record: StepRecord | None = None,
+              on_step: Callable[[bool, float], None] | None = None) -> list[torch.Tensor]:
     """Solve the canonical problem; return the state at every time in ``times``.
 
     Args:
@@ -200,11 +159,13 @@ def integrate(func: Func, y0: torch.Tensor, times: list[float], tab: ButcherTabl
         y0: flat initial state at ``times[0]``.
         times: strictly increasing output times.
         tab: the method.
-        rtol, atol: local error tolerances (adaptive methods).
-        control: step-size options.
-        norm: maps the scaled error vector to a scalar tensor.
+        controller: chooses and accepts the steps (a fixed grid or an error controller).
         stats: updated in place with evaluations and steps.
         record: if given, every accepted step's start is kept (checkpointed gradients).
+        on_step: called after each attempted step with whether it was accepted and its
+            size, before anything else is evaluated. A step's stages are the ``f0`` it
+            started from and the ``tab.stages - 1`` evaluations after it, in order (the
+            adjoint's parameter quadrature relies on this).
 
     Raises:
         ODESolverError: the solve cannot finish.
@@ -212,88 +173,28 @@ def integrate(func: Func, y0: torch.Tensor, times: list[float], tab: ButcherTabl
     outputs = [y0]
     if len(times) == 1:
         return outputs
-    grid = None if tab.adaptive else _FixedGrid(times, control.step_size)
-    if grid is not None:
-        # Before the first evaluation: a tiny step size fails at once, not after hours.
-        grid.check_budget(control.max_num_steps, tab.name)
+    controller.init(times)  # before the first evaluation: a hopeless budget fails at once
     t, y = times[0], y0
     t_end = times[-1]
-    f0 = func(_time(t, y), y)
+    f0 = func(time_tensor(t, y), y)
     stats.nfe += 1
+    h = controller.first_step(func, t, y, f0, stats)
     next_out = 1
-
-    if tab.adaptive:
-        if control.first_step is not None:
-            h = control.first_step
-        else:
-            with torch.no_grad():
-                h = _initial_step(func, tab, t, y, f0, rtol, atol, norm, stats)
-        h = min(h, t_end - t, control.max_step)
-    else:
-        grid_index = 1
-
-    q = tab.controller_order
-    alpha, beta = 1.0 / q - 0.75 * control.pi_beta, control.pi_beta
-    r_prev = 1.0
-    last_rejected = False
     n_steps = 0
     while next_out < len(times):
-        if n_steps >= control.max_num_steps:
-            raise _fail(f"{tab.name} used its whole budget of max_num_steps="
-                        f"{control.max_num_steps} steps before reaching t={t_end:.8g}", t,
-                        h if grid is None else grid.point(grid_index) - t,
-                        "Increase options['max_num_steps'], loosen rtol/atol, or check "
-                        "whether the problem is stiff (an explicit method then needs tiny "
-                        "steps).")
+        h, t_new = controller.propose(t, h)
+        if n_steps >= controller.max_num_steps:
+            raise fail(f"{tab.name} used its whole budget of max_num_steps="
+                       f"{controller.max_num_steps} steps before reaching t={t_end:.8g}", t, h,
+                       "Increase options['max_num_steps'], loosen rtol/atol, or check "
+                       "whether the problem is stiff (an explicit method then needs tiny "
+                       "steps).")
         n_steps += 1
-        if grid is not None:
-            t_new = grid.point(grid_index)
-            h = t_new - t
-        else:
-            h = min(max(h, control.min_step), control.max_step)
-            # Land exactly on t_end instead of stepping a hair short or past it.
-            if t + h >= t_end - 1e-12 * max(1.0, abs(t_end)) or t + 1.01 * h >= t_end:
-                h, t_new = t_end - t, t_end
-            else:
-                t_new = t + h
-            if h <= 10 * math.ulp(max(abs(t), abs(t_new), 1e-300)):
-                raise _fail(f"{tab.name}: the step size underflowed", t, h,
-                            "The solution may blow up here or the problem is stiff; try "
-                            "loosening rtol/atol, a lower-order method, or options"
-                            "['min_step'] to force progress.")
-
         y1, ks = rk_step(func, tab, t, y, f0, h)
         stats.nfe += tab.stages - 1
-
-        if grid is not None:
-            accept = True
-        else:
-            with torch.no_grad():  # step-size control is not differentiated through
-                scale = atol + rtol * torch.maximum(y.abs(), y1.abs())
-                r5 = norm(_combine(tab.b_error, ks) * (h / scale))
-                if tab.b_error_low is not None:
-                    # DOP853's combination of its 5th- and 3rd-order estimates (Hairer).
-                    r3 = norm(_combine(tab.b_error_low, ks) * (h / scale))
-                    denom = torch.sqrt(r5 * r5 + 0.01 * r3 * r3)
-                    r5 = torch.where(denom > 0, r5 * r5 / denom, torch.zeros_like(denom))
-            r = float(r5)  # the step's one host-device synchronisation
-            if not math.isfinite(r):
-                raise _fail(f"{tab.name}: the state or its derivative became NaN/inf "
-                            f"within the step from t={t:.8g} to {t + h:.8g}", t, h,
-                            "Check the vector field for overflow or division by zero; a "
-                            "smaller options['max_step'] can keep steps from leaving the "
-                            "region where it is defined.")
-            accept = r <= 1.0 or h <= control.min_step
-            if r == 0.0:
-                factor = control.ifactor
-            elif accept:
-                factor = control.safety * r ** -alpha * r_prev ** beta
-            else:
-                factor = control.safety * r ** (-1.0 / q)
-            factor = min(control.ifactor, max(control.dfactor, factor))
-            if not accept or last_rejected:
-                factor = min(1.0, factor)
-
+        accept, h_next = controller.adapt(t, h, y, y1, ks)
+        if on_step is not None:
+            on_step(accept, h)
         if accept:
             stats.n_accepted += 1
             dense = DenseStep(func, tab, t, h, y, y1, ks, stats)
@@ -312,19 +213,8 @@ def integrate(func: Func, y0: torch.Tensor, times: list[float], tab: ButcherTabl
             if next_out < len(times):
                 f0 = dense.f1()
             t, y = t_new, y1
-            if grid is not None:
-                grid_index += 1
-            else:
-                r_prev = max(r, 1e-4)
-                last_rejected = False
         else:
             stats.n_rejected += 1
-            last_rejected = True
-        if grid is None:
-            h = h * factor
-
-    if grid is not None and not bool(torch.isfinite(y).all()):
-        raise ODESolverError(f"{tab.name}: the state became NaN/inf between t={times[0]:.8g} "
-                             f"and t={t_end:.8g}. Try a smaller options['step_size'] or an "
-                             "adaptive method.")
+        h = h_next
+    controller.finish(y)
     return outputs

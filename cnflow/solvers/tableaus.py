@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from numpy.polynomial import polynomial as npoly
 
-__all__ = ["METHODS", "TABLEAUS", "ButcherTableau", "get_tableau"]
+__all__ = ["ADAPTIVE_METHODS", "FIXED_STEP_METHODS", "METHODS", "TABLEAUS", "ButcherTableau",
+           "get_tableau"]
 
 _TOL = 1e-12
 
@@ -361,6 +362,9 @@ TABLEAUS: dict[str, ButcherTableau] = {
     tab.name: tab for tab in (EULER, MIDPOINT, HEUN, RK4, BOSH3, DOPRI5, TSIT5, DOPRI8)
 }
 METHODS: tuple[str, ...] = tuple(TABLEAUS)
+ADAPTIVE_METHODS: tuple[str, ...] = tuple(name for name, t in TABLEAUS.items() if t.adaptive)
+FIXED_STEP_METHODS: tuple[str, ...] = tuple(
+    name for name, t in TABLEAUS.items() if not t.adaptive)
 
 
 def get_tableau(method: str) -> ButcherTableau:
