@@ -15,6 +15,7 @@ import torch
 from cnflow.cli.flows import _POSITIVE
 
 from cnflow.experiments.latent_ode import MAX_SEED, WINDOW, LatentConfig
+from cnflow.solvers import GRADIENT_MODES
 
 MODEL_CHOICES = ("latent-ode", "rnn", "both")
 # One source of defaults: the config dataclass.
@@ -83,7 +84,7 @@ def _command_line(params: dict) -> str:
               show_default=True)
 @click.option("--atol", type=_POSITIVE, default=_DEFAULTS.atol,
               show_default=True)
-@click.option("--gradient", type=click.Choice(("adjoint", "direct", "checkpoint")),
+@click.option("--gradient", type=click.Choice(GRADIENT_MODES),
               default=_DEFAULTS.gradient, show_default=True,
               help="How the latent ODE is differentiated.")
 @click.option("--poisson/--no-poisson", default=_DEFAULTS.poisson, show_default=True,

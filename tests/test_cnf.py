@@ -147,9 +147,9 @@ def test_bad_inputs():
         CNF(ConcatSquashMLP(2), 2, trace="closed_form")
     with pytest.raises(ValueError, match="trace='fast' is not one of"):
         CNF(GatedHyperDynamics(2), 2, trace="fast")
-    with pytest.raises(ValueError, match="method='rk45' is not known"):
+    with pytest.raises(ValueError, match="method='rk45' is not one of"):
         CNF(GatedHyperDynamics(2), 2, method="rk45")
-    with pytest.raises(ValueError, match="width must be a positive integer"):
+    with pytest.raises(ValueError, match="width must be an integer >= 1, got 0"):
         GatedHyperDynamics(2, width=0)
 
 

@@ -29,7 +29,7 @@ import torch
 from tqdm import tqdm
 
 from cnflow.data.spirals import SpiralData, generate_spirals, sample_observation_indices
-from cnflow.models.latent_ode import GRADIENTS, LatentODE, RNNBaseline
+from cnflow.models.latent_ode import DEFAULT_GRADIENT, GRADIENTS, LatentODE, RNNBaseline
 from cnflow.runs import (
     environment,
     resolve_device,
@@ -91,7 +91,7 @@ class LatentConfig:
     time_subsample: int = 30
     rtol: float = 1e-3
     atol: float = 1e-4
-    gradient: str = "adjoint"
+    gradient: str = DEFAULT_GRADIENT
     poisson: bool = False
     train_future: bool = True
     eval_every: int = 100

@@ -5,285 +5,26 @@ The state ``z(t)`` follows ``dz/dt = f(z, t)`` and its log-density follows
 ``(batch, dim + 1 [+ regularisers])`` tensor. The data live at ``t = T``, the standard-normal
 base at ``t = 0``.
 
-Two vector fields:
-
-* :class:`GatedHyperDynamics`, the paper's layer
-  ``f(z, t) = Σ_n σ_n(t) u_n(t) tanh(w_n(t)ᵀ z + b_n(t))`` whose time-dependent parameters
-  come from a hypernetwork of ``t``. Its trace has the closed form
-  ``Σ_n σ_n (u_n·w_n)(1 − tanh²(w_nᵀz + b_n))``: O(M·D) per point, no autograd.
-* :class:`ConcatSquashMLP`, a general network for any dimension (FFJORD's concat-squash
-  layers), with the exact trace by autograd or Hutchinson's estimator.
+Two vector fields, in :mod:`cnflow.flows.dynamics` (and importable from here):
+:class:`GatedHyperDynamics`, the paper's layer with its closed-form trace and vector-Jacobian
+product, and :class:`ConcatSquashMLP` (FFJORD), with the exact trace by autograd or
+Hutchinson's estimator.
 """
 
 from __future__ import annotations
-
-import math
-from itertools import pairwise
-from typing import NamedTuple
 
 import torch
 from torch import nn
 
 from cnflow.flows.base import Flow, standard_normal_log_prob
+from cnflow.flows.dynamics import ConcatSquashMLP, GatedHyperDynamics
 from cnflow.solvers import GRADIENT_MODES, METHODS, SolveStats, solve
+from cnflow.validation import check_choice, check_float, check_int
+
+__all__ = ["CNF", "NOISE_KINDS", "TRACE_MODES", "ConcatSquashMLP", "GatedHyperDynamics"]
 
 TRACE_MODES = ("auto", "closed_form", "exact", "hutchinson")
 NOISE_KINDS = ("rademacher", "gaussian")
-
-
-def _conditioning(t: torch.Tensor, context: torch.Tensor | None, rows: int,
-                  dtype: torch.dtype) -> torch.Tensor:
-    """The network input ``[t, c]``: one row ``(1, 1 + k)`` when every point shares it (an
-    ODE solve without context), else one row per point ``(rows, 1 + k)``.
-
-    ``t`` is a scalar, or one time per point (flow matching regresses each point at its own
-    time); ``context`` is None or ``(rows, k)``.
-    """
-    t = t.to(dtype).reshape(-1, 1)
-    if t.shape[0] not in (1, rows):
-        raise ValueError(f"t must be a scalar or hold one time per point ({rows}), got shape "
-                         f"{tuple(t.shape)}")
-    if context is None:
-        return t
-    return torch.cat([t.expand(context.shape[0], 1), context.to(dtype)], 1)
-
-
-def _check_size(name: str, value: int, minimum: int = 1) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        kind = "a positive" if minimum == 1 else "a non-negative"
-        raise ValueError(f"{name} must be {kind} integer, got {value!r}")
-
-
-class GatedHyperDynamics(nn.Module):
-    """The paper's gated, time-dependent CNF layer with a closed-form trace.
-
-    Args:
-        dim: data dimension D.
-        width: number of hidden units M.
-        hidden: width of the hypernetwork ``(t, c) -> (W, U, b, gate)``.
-        context_dim: size k of the context ``c`` of a conditional flow (0: none).
-
-    The hypernetwork's output layer starts at zero for ``U``, so an untrained flow is the
-    identity map: training starts from the base density and from cheap solves.
-    """
-
-    closed_form_trace = True
-
-    def __init__(self, dim: int, width: int = 64, hidden: int = 32, context_dim: int = 0):
-        super().__init__()
-        for name, value in (("dim", dim), ("width", width), ("hidden", hidden)):
-            _check_size(name, value)
-        _check_size("context_dim", context_dim, minimum=0)
-        self.dim, self.width, self.context_dim = dim, width, context_dim
-        self.hyper = nn.Sequential(
-            nn.Linear(1 + context_dim, hidden), nn.Tanh(), nn.Linear(hidden, hidden),
-            nn.Tanh(), nn.Linear(hidden, 2 * width * dim + 2 * width),
-        )
-        with torch.no_grad():
-            out = self.hyper[-1]
-            u = slice(width * dim, 2 * width * dim)
-            out.weight[u].zero_()
-            out.bias[u].zero_()
-
-    def _hyper(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """The hypernetwork at the rows of ``x`` (``(K, 1 + k)`` rows of ``[t, c]``): its
-        hidden activations, ``W``, gated ``U``, ``b``, and the gate and ungated ``U``."""
-        m, d = self.width, self.dim
-        h1 = torch.tanh(self.hyper[0](x))
-        h2 = torch.tanh(self.hyper[2](h1))
-        raw = self.hyper[4](h2)
-        u = raw[:, m * d: 2 * m * d].view(-1, m, d)
-        sig = torch.sigmoid(raw[:, 2 * m * d + m:])
-        return (h1, h2, raw[:, : m * d].view(-1, m, d), sig[:, :, None] * u,
-                raw[:, 2 * m * d: 2 * m * d + m], sig, u)
-
-    def units(self, x: torch.Tensor) -> list[_Unit]:
-        """The units at each row of ``x``, shared by all points (the joint field's path)."""
-        h1, h2, w, gated, b, sig, u = self._hyper(x)
-        s = (gated * w).sum(2)
-        rest = (x, h1, h2, sig, u)  # for param_vjp only: indexed there, not here
-        return [_Unit(*row, rest, i) for i, row in enumerate(zip(
-            w.transpose(1, 2), gated.transpose(1, 2), b, s, s.sum(1)))]
-
-    def unit_parameters(self, t: torch.Tensor, context: torch.Tensor | None = None,
-                        rows: int = 1) -> tuple[torch.Tensor, ...]:
-        """``W``, gated ``σ ⊙ U`` and ``b`` at ``(t, c)``: shapes ``(M, D)``, ``(M, D)``,
-        ``(M,)`` when all points share them, else ``(rows, M, D)``, ``(rows, M, D)``,
-        ``(rows, M)``."""
-        _, _, w, gated, b, _, _ = self._hyper(
-            _conditioning(t, context, rows, self.hyper[0].weight.dtype))
-        if w.shape[0] == 1:
-            return w[0], gated[0], b[0]
-        return w, gated, b
-
-    def _hidden(self, t, z, context):
-        w, u, b = self.unit_parameters(t, context, len(z))
-        if w.dim() == 2:  # shared by all points: one matrix product
-            return _tanh_affine(b, z, w.t()), w, u
-        return _tanh(torch.einsum("nmd,nd->nm", w, z) + b), w, u
-
-    def forward(self, t: torch.Tensor, z: torch.Tensor,
-                context: torch.Tensor | None = None) -> torch.Tensor:
-        h, _, u = self._hidden(t, z, context)
-        return h @ u if u.dim() == 2 else torch.einsum("nm,nmd->nd", h, u)
-
-    def forward_with_trace(self, t: torch.Tensor, z: torch.Tensor,
-                           context: torch.Tensor | None = None
-                           ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``f(z, t)`` and ``tr(∂f/∂z)`` per point, in closed form."""
-        h, w, u = self._hidden(t, z, context)
-        if u.dim() == 2:
-            return (u.t() @ h.t()).t(), (1 - h * h) @ (u * w).sum(1)
-        return (torch.einsum("nm,nmd->nd", h, u),
-                ((1 - h * h) * (u * w).sum(2)).sum(1))
-
-    # The joint field's closed forms, with units shared by all points. Products with a few
-    # output columns are written transposed, (Uᵀ hᵀ)ᵀ for h U: MKL's kernel for that shape
-    # measured about twice as fast at (512, 64) @ (64, 2); the results are transposed views,
-    # which the joint field copies into its state anyway.
-
-    def joint(self, unit: _Unit, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``f`` and ``d log p/dt = −tr(∂f/∂z) = Σ_m (h_m² − 1) s_m`` at ``unit``."""
-        h = _tanh_affine(unit.b, z, unit.w_t)
-        return (unit.gated_t @ h.t()).t(), (h * h) @ unit.s - unit.s_sum
-
-    def joint_vjp(self, unit: _Unit, z: torch.Tensor, a_z: torch.Tensor,
-                  a_logp: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """:meth:`joint`, and ``∂(a_z·f + a_logp·d log p/dt)/∂z`` in closed form, with a
-        partial for :meth:`param_vjp`.
-
-        With ``h = tanh(Wz + b)``, ``s_m = u_m·w_m`` and ``d log p/dt = Σ_m (h_m² − 1) s_m``,
-        the cotangent of ``h`` is ``a_z Uᵀ + 2 a_logp h s``; ``z`` gets it through
-        ``(1 − h²)`` and ``W``.
-        """
-        h = _tanh_affine(unit.b, z, unit.w_t)
-        hh = h * h
-        slope = 1 - hh
-        g = (a_z @ unit.gated_t).addcmul_(h * unit.s, a_logp[:, None], value=2).mul_(slope)
-        return ((unit.gated_t @ h.t()).t(), hh @ unit.s - unit.s_sum, (unit.w_t @ g.t()).t(),
-                (unit, z, h, slope, g, a_z, a_logp))
-
-    def param_vjp(self, partials: list[tuple], weights: torch.Tensor
-                  ) -> tuple[torch.Tensor, ...]:
-        """``Σ_k w_k ∂(a_z·f + a_logp·d log p/dt)/∂θ`` over :meth:`joint_vjp` partials, for
-        ``θ = self.parameters()``: the units' cotangents of every evaluation, then one pass
-        back through the hypernetwork for all of them (its rows are their times)."""
-        ds, d_gated_t, d_w_t, d_b = (torch.stack(v) for v in zip(*(
-            (a_logp @ slope, a_z.t() @ h, z.t() @ g, g.sum(0))
-            for _, z, h, slope, g, a_z, a_logp in partials)))
-        units = [p[0] for p in partials]
-        w_t, gated_t = (torch.stack([getattr(u, name) for u in units])
-                        for name in ("w_t", "gated_t"))
-        x, h1, h2 = (torch.stack([u.rest[j][u.i] for u in units]) for j in range(3))
-        # s = Σ_d gated ⊙ W enters d log p/dt with cotangent −(a_logp · (1 − h²)) = −ds.
-        d_gated_t.addcmul_(w_t, ds[:, None, :], value=-1)
-        d_w_t.addcmul_(gated_t, ds[:, None, :], value=-1)
-        d_raw = self._raw_cotangent(units, d_w_t, d_gated_t, d_b).mul_(weights[:, None])
-        second, out = self.hyper[2], self.hyper[4]
-        d_q2 = (d_raw @ out.weight) * (1 - h2 * h2)
-        d_q1 = (d_q2 @ second.weight) * (1 - h1 * h1)
-        return (d_q1.t() @ x, d_q1.sum(0), d_q2.t() @ h1, d_q2.sum(0), d_raw.t() @ h2,
-                d_raw.sum(0))
-
-    def _raw_cotangent(self, units: list[_Unit], d_w_t: torch.Tensor, d_gated_t: torch.Tensor,
-                       d_b: torch.Tensor) -> torch.Tensor:
-        """The cotangents ``(K, P)`` of the hypernetwork's outputs at the units' times, from
-        those of ``Wᵀ``, gated ``Uᵀ`` (``(K, D, M)``) and ``b``: the chain rule of
-        :meth:`_hyper`'s parameterisation."""
-        sig, u = (torch.stack([x.rest[j][x.i] for x in units]) for j in (3, 4))
-        d_gated = d_gated_t.transpose(1, 2)
-        d_gate = sig * (1 - sig) * (u * d_gated).sum(2)
-        k = len(units)
-        return torch.cat([d_w_t.transpose(1, 2).reshape(k, -1),
-                          (sig[:, :, None] * d_gated).reshape(k, -1), d_b, d_gate], 1)
-
-
-class _Unit(NamedTuple):
-    """:class:`GatedHyperDynamics`' units at one time, shared by all points: ``Wᵀ`` and
-    gated ``Uᵀ`` (``(D, M)``), ``b``, ``s = Σ_d gated ⊙ W`` and its sum; and, for the
-    parameter cotangents, row ``i`` of ``rest``: the hypernetwork's inputs, hidden
-    activations, gates ``σ`` and ungated ``U`` at all the times it was evaluated at."""
-
-    w_t: torch.Tensor
-    gated_t: torch.Tensor
-    b: torch.Tensor
-    s: torch.Tensor
-    s_sum: torch.Tensor
-    rest: tuple[torch.Tensor, ...]
-    i: int
-
-
-def _tanh(x: torch.Tensor) -> torch.Tensor:
-    """``tanh``, as ``2σ(2x) − 1`` on the CPU.
-
-    torch's CPU tanh kernel measured 4–5× slower than its sigmoid on the field's (batch, M)
-    intermediates (one thread, AVX-512: 100 µs against 20 µs at 512 × 64), the largest single
-    cost of an evaluation. The two agree to 2e-7 absolute in float32 and 4e-16 in float64.
-    """
-    if x.device.type != "cpu":
-        return torch.tanh(x)
-    y = torch.sigmoid(2 * x)
-    return y * 2 - 1 if y.requires_grad else y.mul_(2).sub_(1)
-
-
-def _tanh_affine(b: torch.Tensor, z: torch.Tensor, w_t: torch.Tensor) -> torch.Tensor:
-    """``tanh(z Wᵀ + b)``; on the CPU the ``2x`` of :func:`_tanh` rides on the product."""
-    if z.device.type != "cpu":
-        return torch.tanh(torch.addmm(b, z, w_t))
-    y = torch.sigmoid(torch.addmm(b, z, w_t, beta=2, alpha=2))
-    return y * 2 - 1 if y.requires_grad else y.mul_(2).sub_(1)
-
-
-class ConcatSquash(nn.Module):
-    """``(W x + b) · σ(A [t, c] + a) + B [t, c]``: a linear layer modulated by time and
-    context (FFJORD)."""
-
-    def __init__(self, n_in: int, n_out: int, context_dim: int = 0):
-        super().__init__()
-        self.linear = nn.Linear(n_in, n_out)
-        self.gate = nn.Linear(1 + context_dim, n_out)
-        self.shift = nn.Linear(1 + context_dim, n_out, bias=False)
-
-    def forward(self, condition: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """``condition``: the ``[t, c]`` rows of :func:`_conditioning`."""
-        return self.linear(x) * torch.sigmoid(self.gate(condition)) + self.shift(condition)
-
-
-class ConcatSquashMLP(nn.Module):
-    """A general time-dependent vector field for any dimension.
-
-    Args:
-        dim: data dimension.
-        hidden: widths of the hidden layers.
-        activation: ``"tanh"`` or ``"softplus"``.
-        context_dim: size k of the context of a conditional flow (0: none); every layer
-            takes it beside t.
-    """
-
-    closed_form_trace = False
-
-    def __init__(self, dim: int, hidden: tuple[int, ...] = (64, 64, 64),
-                 activation: str = "tanh", context_dim: int = 0):
-        super().__init__()
-        _check_size("dim", dim)
-        _check_size("context_dim", context_dim, minimum=0)
-        acts = {"tanh": nn.Tanh, "softplus": nn.Softplus}
-        if activation not in acts:
-            raise ValueError(f"activation={activation!r} is not one of {list(acts)}")
-        self.dim, self.context_dim = dim, context_dim
-        sizes = [dim, *hidden, dim]
-        self.layers = nn.ModuleList(ConcatSquash(a, b, context_dim) for a, b in pairwise(sizes))
-        self.act = acts[activation]()
-
-    def forward(self, t: torch.Tensor, z: torch.Tensor,
-                context: torch.Tensor | None = None) -> torch.Tensor:
-        condition = _conditioning(t, context, len(z), z.dtype)
-        h = z
-        for i, layer in enumerate(self.layers):
-            h = layer(condition, h)
-            if i < len(self.layers) - 1:
-                h = self.act(h)
-        return h
 
 
 class _JointField:
@@ -473,25 +214,17 @@ class CNF(Flow):
             if declared != expected:
                 raise ValueError(f"dynamics {type(dynamics).__name__} has {name}={declared}, "
                                  f"but the flow has {name}={expected}")
-        if not (isinstance(time, (int, float)) and math.isfinite(time) and time > 0):
-            raise ValueError(f"time must be a positive number, got {time!r}")
+        check_float("time", time)
         for name, value in (("rtol", rtol), ("atol", atol), ("eval_rtol", eval_rtol),
                             ("eval_atol", eval_atol)):
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-                raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+            check_float(name, value)
         for name, value in (("kinetic", kinetic), ("jacobian", jacobian)):
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
-                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-        if block_size is not None:
-            _check_size("block_size", block_size)
-        if method not in METHODS:
-            raise ValueError(f"method={method!r} is not known; choose one of {list(METHODS)}")
-        if gradient not in GRADIENT_MODES:
-            raise ValueError(f"gradient={gradient!r} is not one of {list(GRADIENT_MODES)}")
-        if trace not in TRACE_MODES:
-            raise ValueError(f"trace={trace!r} is not one of {list(TRACE_MODES)}")
-        if noise not in NOISE_KINDS:
-            raise ValueError(f"noise={noise!r} is not one of {list(NOISE_KINDS)}")
+            check_float(name, value, allow_minimum=True)
+        check_int("block_size", block_size, optional=True)
+        check_choice("method", method, METHODS)
+        check_choice("gradient", gradient, GRADIENT_MODES)
+        check_choice("trace", trace, TRACE_MODES)
+        check_choice("noise", noise, NOISE_KINDS)
         has_closed_form = getattr(dynamics, "closed_form_trace", False)
         if trace == "closed_form" and not has_closed_form:
             raise ValueError(f"trace='closed_form' needs dynamics with forward_with_trace; "
@@ -505,11 +238,6 @@ class CNF(Flow):
         self.train_trace, self.noise_kind = trace, noise
         self.kinetic, self.jacobian = float(kinetic), float(jacobian)
         self.block_size = block_size
-        self.register_buffer("shift", torch.zeros(dim))
-        self.register_buffer("log_scale", torch.zeros(dim))
-        if context_dim:
-            self.register_buffer("context_shift", torch.zeros(context_dim))
-            self.register_buffer("context_log_scale", torch.zeros(context_dim))
         self.last_stats: SolveStats | None = None
         self.last_regularization: torch.Tensor | None = None
 
@@ -517,33 +245,11 @@ class CNF(Flow):
     def dynamics(self) -> nn.Module:
         return self.field["dynamics"]
 
-    @torch.no_grad()
-    def set_normalization(self, data: torch.Tensor, context: torch.Tensor | None = None
-                          ) -> None:
-        """Standardise by the per-dimension mean and standard deviation of ``data`` (and of
-        ``context``, for a conditional flow)."""
-        data = self.check_points(data, "data")
-        self.shift.copy_(data.mean(0))
-        self.log_scale.copy_(data.std(0).clamp_min(1e-6).log())
-        context = self.check_context(context)
-        if context is not None:
-            self.context_shift.copy_(context.mean(0))
-            self.context_log_scale.copy_(context.std(0).clamp_min(1e-6).log())
-
-    def normalize(self, x: torch.Tensor) -> torch.Tensor:
-        """Data coordinates → the standardised coordinates the ODE runs in."""
-        return (x - self.shift) * torch.exp(-self.log_scale)
-
-    def _context_input(self, context: torch.Tensor | None) -> torch.Tensor | None:
-        if context is None:
-            return None
-        return (context - self.context_shift) * torch.exp(-self.context_log_scale)
-
     def velocity(self, t: torch.Tensor, z: torch.Tensor,
                  context: torch.Tensor | None = None) -> torch.Tensor:
         """The vector field ``f(t, z[, c])`` in standardised coordinates (what flow
         matching regresses); ``t`` is a scalar or one time per row of ``z``."""
-        kwargs = self._context_kwargs(self._context_input(context))
+        kwargs = self._context_kwargs(self.normalize_context(context))
         return self.dynamics(t, z, **kwargs)
 
     # -- integration ------------------------------------------------------------------
@@ -560,7 +266,7 @@ class CNF(Flow):
         if trace == "hutchinson" or jacobian:
             noise = torch.randn_like(z)
             noise = noise.sign() if self.noise_kind == "rademacher" else noise
-        field = _JointField(dynamics, self.dim, trace, noise, self._context_input(context),
+        field = _JointField(dynamics, self.dim, trace, noise, self.normalize_context(context),
                             kinetic, jacobian, self.block_size)
         extra = int(kinetic) + int(jacobian)
         if self.training:
@@ -617,7 +323,7 @@ class CNF(Flow):
                   ) -> tuple[torch.Tensor, torch.Tensor]:
         """Base → data for rows ``z`` (and ``context``): ``x`` and ``log|det ∂x/∂z|``."""
         end = self._integrate(z, torch.tensor([0.0, self.time]), rtol, atol, context)[-1]
-        x = end[:, : self.dim] * torch.exp(self.log_scale) + self.shift
+        x = self.denormalize(end[:, : self.dim])
         return x, -end[:, self.dim] + self._log_det_normalization()
 
     def log_prob(self, x: torch.Tensor, context: torch.Tensor | None = None, *,
@@ -649,4 +355,4 @@ class CNF(Flow):
         if times.dim() != 1 or (times < 0).any() or (times > 1).any():
             raise ValueError(f"times must be a 1-D tensor of fractions in [0, 1], got {times}")
         ys = self._integrate(z, times * self.time, context=context)
-        return ys[:, :, : self.dim] * torch.exp(self.log_scale) + self.shift
+        return self.denormalize(ys[:, :, : self.dim])

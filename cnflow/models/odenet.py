@@ -27,6 +27,7 @@ from torch import nn
 
 import cnflow
 from cnflow.solvers import ADAPTIVE_METHODS, FIXED_STEP_METHODS, GRADIENT_MODES
+from cnflow.validation import check_float, check_int
 
 __all__ = [
     "ADAPTIVE_METHODS",
@@ -52,17 +53,6 @@ MODEL_NAMES = ("mlp", "resnet", "rknet", "odenet")
 def _group_norm(channels: int) -> nn.GroupNorm:
     """Group norm with up to 32 groups, as in the reference ODE-Net."""
     return nn.GroupNorm(min(32, channels), channels)
-
-
-def _check_positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name}={value!r} must be a positive integer")
-    return value
-
-
-def _check_padding(value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"stem_padding={value!r} must be a non-negative integer")
 
 
 class ConcatConv2d(nn.Module):
@@ -157,14 +147,11 @@ class ODEBlock(nn.Module):
         if gradient not in GRADIENT_MODES:
             raise ValueError(f"gradient={gradient!r} is not one of {', '.join(GRADIENT_MODES)}")
         for name, tol in (("rtol", rtol), ("atol", atol)):
-            if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not tol > 0:
-                raise ValueError(f"{name}={tol!r} must be a positive number")
+            check_float(name, tol)
         if method in FIXED_STEP_METHODS:
             if step_size is None:
                 raise ValueError(f"method={method!r} is a fixed-step method and needs step_size")
-            if (isinstance(step_size, bool) or not isinstance(step_size, (int, float))
-                    or not 0 < step_size <= 1):
-                raise ValueError(f"step_size={step_size!r} must be a number in (0, 1]")
+            check_float("step_size", step_size, maximum=1)
         elif step_size is not None:
             raise ValueError(f"step_size={step_size!r} is only for fixed-step methods, "
                              f"not method={method!r}")
@@ -270,10 +257,10 @@ class ODENet(nn.Module):
                  gradient: str = "adjoint", step_size: float | None = None,
                  adjoint_options: dict[str, Any] | None = None, stem_padding: int = 0) -> None:
         super().__init__()
-        _check_positive_int("in_channels", in_channels)
-        _check_positive_int("num_classes", num_classes)
-        _check_positive_int("channels", channels)
-        _check_padding(stem_padding)
+        check_int("in_channels", in_channels)
+        check_int("num_classes", num_classes)
+        check_int("channels", channels)
+        check_int("stem_padding", stem_padding, minimum=0)
         self.stem = downsampling_stem(in_channels, channels, stem_padding)
         self.odeblock = ODEBlock(ConvODEFunc(channels), method=method, rtol=rtol, atol=atol,
                                  gradient=gradient, step_size=step_size,
@@ -343,11 +330,11 @@ class ResNet(nn.Module):
     def __init__(self, *, in_channels: int = 1, num_classes: int = 10, channels: int = 64,
                  num_blocks: int = 6, stem_padding: int = 0) -> None:
         super().__init__()
-        _check_positive_int("in_channels", in_channels)
-        _check_positive_int("num_classes", num_classes)
-        _check_positive_int("channels", channels)
-        _check_positive_int("num_blocks", num_blocks)
-        _check_padding(stem_padding)
+        check_int("in_channels", in_channels)
+        check_int("num_classes", num_classes)
+        check_int("channels", channels)
+        check_int("num_blocks", num_blocks)
+        check_int("stem_padding", stem_padding, minimum=0)
         self.stem = downsampling_stem(in_channels, channels, stem_padding)
         self.blocks = nn.Sequential(*(ResBlock(channels) for _ in range(num_blocks)))
         self.head = classifier_head(channels, num_classes)
@@ -369,9 +356,9 @@ class MLP(nn.Module):
     def __init__(self, *, in_features: int = 784, num_classes: int = 10,
                  hidden: int = 300) -> None:
         super().__init__()
-        _check_positive_int("in_features", in_features)
-        _check_positive_int("num_classes", num_classes)
-        _check_positive_int("hidden", hidden)
+        check_int("in_features", in_features)
+        check_int("num_classes", num_classes)
+        check_int("hidden", hidden)
         self.net = nn.Sequential(nn.Flatten(), nn.Linear(in_features, hidden), nn.ReLU(),
                                  nn.Linear(hidden, num_classes))
 
@@ -415,7 +402,7 @@ def build_classifier(name: str, *, in_channels: int = 1, image_size: int = 28,
     if name == "mlp":
         return MLP(in_features=in_channels * image_size * image_size, num_classes=num_classes,
                    hidden=hidden)
-    _check_positive_int("image_size", image_size)
+    check_int("image_size", image_size)
     padding = 0 if image_size >= 16 else 1
     if name == "resnet":
         return ResNet(in_channels=in_channels, num_classes=num_classes, channels=channels,
