@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import cnflow
-from cnflow.flows.cnf import GatedHyperDynamics, _JointField
+from cnflow.flows.cnf import GatedHyperDynamics, JointField
 from cnflow.solvers import ADAPTIVE_METHODS, GRADIENT_MODES, GRADIENTS, METHODS, Gradient
 
 F64 = torch.float64
@@ -49,7 +49,7 @@ def _gradients(func, params, y0, times, method="dopri5", norm="seminorm", rtol=1
 
 def test_gated_joint_vjp_equals_autograd():
     dynamics = _gated()
-    field = _JointField(dynamics, 2, "closed_form")
+    field = JointField(dynamics, 2, "closed_form")
     params = tuple(dynamics.parameters())
     assert field.vjp_params == params
     y, a = torch.randn(9, 3, dtype=F64), torch.randn(9, 3, dtype=F64)
@@ -80,7 +80,7 @@ def test_gated_joint_vjp_equals_autograd():
 def test_closed_form_adjoint_equals_autograd_adjoint(method, norm):
     """The CNF's joint field (state and log-density, exact trace), forward and reversed."""
     dynamics = _gated()
-    field = _JointField(dynamics, 2, "closed_form")
+    field = JointField(dynamics, 2, "closed_form")
     params = tuple(dynamics.parameters())
     for times in (torch.tensor([0.0, 0.4, 1.0], dtype=F64), torch.tensor([1.0, 0.0], dtype=F64)):
         y0 = torch.cat([torch.randn(6, 2, dtype=F64), torch.zeros(6, 1, dtype=F64)], 1)
@@ -100,8 +100,8 @@ def test_parameter_quadrature_equals_carried_parameter_adjoint(method):
     times = torch.linspace(1.0, 0.0, 5, dtype=F64)
     y0 = torch.cat([torch.randn(5, 2, dtype=F64), torch.zeros(5, 1, dtype=F64)], 1)
     y0.requires_grad_(True)
-    for field in (_JointField(dynamics, 2, "closed_form"),
-                  _autograd_only(_JointField(dynamics, 2, "closed_form"))):
+    for field in (JointField(dynamics, 2, "closed_form"),
+                  _autograd_only(JointField(dynamics, 2, "closed_form"))):
         # A first step of the whole interval is rejected: rejections are exercised.
         rtol = 1e-10 if method == "dopri8" else 1e-6
         summed, stats = _gradients(field, params, y0, times, method, "seminorm", rtol, 0.25)
@@ -115,7 +115,7 @@ def test_parameter_quadrature_equals_carried_parameter_adjoint(method):
 class CountingField:
     """The joint field, counting its parameter VJPs (the VJP protocol is passed on)."""
 
-    def __init__(self, field: _JointField):
+    def __init__(self, field: JointField):
         self.field, self.param_calls = field, 0
         self.vjp_params, self.vjp = field.vjp_params, field.vjp
 
@@ -129,7 +129,7 @@ class CountingField:
 
 def test_rejected_steps_cost_no_parameter_vjps():
     dynamics = _gated(seed=1)
-    field = CountingField(_JointField(dynamics, 2, "closed_form"))
+    field = CountingField(JointField(dynamics, 2, "closed_form"))
     y0 = torch.cat([torch.randn(5, 2, dtype=F64), torch.zeros(5, 1, dtype=F64)], 1)
     y0.requires_grad_(True)
     _, stats = _gradients(field, tuple(dynamics.parameters()), y0,
@@ -219,7 +219,7 @@ def test_many_output_times_carry_the_step_size_backwards():
 
 def test_stage_time_batching_gives_the_same_solve():
     dynamics = _gated()
-    field = _JointField(dynamics, 2, "closed_form")
+    field = JointField(dynamics, 2, "closed_form")
     y0 = torch.cat([torch.randn(7, 2, dtype=F64), torch.zeros(7, 1, dtype=F64)], 1)
     times = torch.tensor([0.0, 0.3, 1.0], dtype=F64)
     batched = cnflow.solve(field, y0, times, rtol=1e-9, atol=1e-9)

@@ -21,13 +21,13 @@ from cnflow.flows.dynamics import ConcatSquashMLP, GatedHyperDynamics
 from cnflow.solvers import GRADIENT_MODES, METHODS, SolveStats, solve
 from cnflow.validation import check_choice, check_float, check_int
 
-__all__ = ["CNF", "NOISE_KINDS", "TRACE_MODES", "ConcatSquashMLP", "GatedHyperDynamics"]
+__all__ = ["CNF", "NOISE_KINDS", "TRACE_MODES", "ConcatSquashMLP", "GatedHyperDynamics", "JointField"]
 
 TRACE_MODES = ("auto", "closed_form", "exact", "hutchinson")
 NOISE_KINDS = ("rademacher", "gaussian")
 
 
-class _JointField:
+class JointField:
     """The vector field of ``[z, log-density change, regularisers]`` for one solve.
 
     Its trace mode, noise and context are fixed when the solve starts: the adjoint's
@@ -138,16 +138,16 @@ class _JointField:
 
 
 class _JointFieldAt:
-    """A :class:`_JointField` at one time, with the units its hypernetwork gave there."""
+    """A :class:`JointField` at one time, with the units its hypernetwork gave there."""
 
-    def __init__(self, field: _JointField, unit):
+    def __init__(self, field: JointField, unit):
         self.field, self.unit = field, unit
 
     def __call__(self, y: torch.Tensor) -> torch.Tensor:
         block = self.field.block
         if block is None or len(y) <= block or torch.is_grad_enabled():
             return self._rows(y)
-        # In row blocks, as _JointField._blocks does (no noise or context here).
+        # In row blocks, as JointField._blocks does (no noise or context here).
         return torch.cat([self._rows(y[i: i + block]) for i in range(0, len(y), block)])
 
     def _rows(self, y: torch.Tensor) -> torch.Tensor:
@@ -255,7 +255,7 @@ class CNF(Flow):
     # -- integration ------------------------------------------------------------------
 
     def _joint_field(self, z: torch.Tensor, context: torch.Tensor | None
-                     ) -> tuple[_JointField, float, float, int]:
+                     ) -> tuple[JointField, float, float, int]:
         """The field of one solve (trace mode, noise, regularisers) and its tolerances."""
         training = self.training and torch.is_grad_enabled()
         dynamics = self.dynamics
@@ -266,7 +266,7 @@ class CNF(Flow):
         if trace == "hutchinson" or jacobian:
             noise = torch.randn_like(z)
             noise = noise.sign() if self.noise_kind == "rademacher" else noise
-        field = _JointField(dynamics, self.dim, trace, noise, self.normalize_context(context),
+        field = JointField(dynamics, self.dim, trace, noise, self.normalize_context(context),
                             kinetic, jacobian, self.block_size)
         extra = int(kinetic) + int(jacobian)
         if self.training:
