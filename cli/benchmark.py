@@ -155,3 +155,31 @@ def ddp(out: str, work: str, processes: int) -> None:
     command = shlex.join(["cnflow", "benchmark", "ddp", "--processes", str(processes),
                           "--out", out])
     click.echo(write_report(out, work, command, processes=processes, echo=click.echo))
+
+
+@benchmark.command()
+@click.option("--out", type=click.Path(dir_okay=False, writable=True),
+              default="results/gpu.md", show_default=True, help="Markdown report to write.")
+@click.option("--model", type=click.Path(file_okay=False), default="results/cnf/two_moons",
+              show_default=True, help="Trained two_moons run directory for log_prob.")
+@click.option("--iterations", type=click.IntRange(1), default=5, show_default=True,
+              help="Timed training iterations per batch size.")
+def gpu(out: str, model: str, iterations: int) -> None:
+    """cnflow vs torchdiffeq's reference CNF on CUDA, batches up to 65,536, and log_prob
+    throughput up to 1e6 points (needs a GPU and the `bench` extra)."""
+    import shlex
+
+    import torch
+
+    if not torch.cuda.is_available():
+        raise click.ClickException("this benchmark needs a CUDA device; none is available")
+    try:
+        import torchdiffeq  # noqa: F401
+    except ImportError:
+        raise click.ClickException("this benchmark compares against torchdiffeq; install it "
+                                   "with: pip install -e \".[bench]\"") from None
+    from cnflow.experiments.gpu_bench import write_report
+
+    command = shlex.join(["cnflow", "benchmark", "gpu", "--iterations", str(iterations),
+                          "--model", model, "--out", out])
+    click.echo(write_report(out, model, command, iterations=iterations))

@@ -55,3 +55,21 @@ def test_closed_form_adjoint_gradients_equal_direct_backpropagation():
     for adjoint, direct in zip(grads["adjoint"], grads["direct"], strict=True):
         # Both are the exact gradient up to the solver tolerance 1e-10.
         torch.testing.assert_close(adjoint, direct, rtol=1e-6, atol=1e-8)
+
+
+def test_gpu_report_runs_its_code_on_the_cpu(tmp_path):
+    """The GPU benchmark's code path, shrunk and on the CPU (the GPU run itself needs a
+    device): every number in the report comes from a measurement."""
+    import pytest
+
+    pytest.importorskip("torchdiffeq")
+    from cnflow.density import FitConfig, fit_run
+    from cnflow.experiments.gpu_bench import write_report
+
+    fit_run(FitConfig(dataset="two_moons", iterations=2, val_size=50, test_size=50,
+                      width=4, hidden=4), tmp_path / "run", device="cpu", progress=False,
+            figures=False)
+    text = write_report(tmp_path / "gpu.md", tmp_path / "run", "cnflow benchmark gpu",
+                        device="cpu", batches=(16,), points=(100,), iterations=1)
+    assert "| 16 |" in text and "| 100 |" in text
+    assert (tmp_path / "gpu.json").exists()

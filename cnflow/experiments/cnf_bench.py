@@ -108,13 +108,23 @@ def _base_log_prob(z: torch.Tensor) -> torch.Tensor:
     return standard_normal_log_prob(z / np.sqrt(0.1)) - D * 0.5 * np.log(0.1)
 
 
-def speed_comparison(iterations: int = 20, warmup: int = 2, batch: int = 512) -> dict:
-    """Seconds per training iteration and NFE, both models trained side by side."""
+def _clock(device: torch.device) -> float:
+    """Wall seconds, after the device's queued work (CUDA runs asynchronously)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
+def speed_comparison(iterations: int = 20, warmup: int = 2, batch: int = 512,
+                     device: str = "cpu") -> dict:
+    """Seconds per training iteration and NFE, both models trained side by side on
+    ``device``."""
     import torchdiffeq
 
+    device = torch.device(device)
     torch.manual_seed(0)
-    hyper_ref = ReferenceHyperNetwork()
-    hyper_ours = ReferenceHyperNetwork()
+    hyper_ref = ReferenceHyperNetwork().to(device)
+    hyper_ours = ReferenceHyperNetwork().to(device)
     hyper_ours.load_state_dict(hyper_ref.state_dict())
     reference = ReferenceCNF(hyper_ref)
     ours, module = reference_joint_field(hyper_ours)
@@ -122,7 +132,7 @@ def speed_comparison(iterations: int = 20, warmup: int = 2, batch: int = 512) ->
     opt_ref = torch.optim.Adam(reference.parameters(), lr=1e-3)
     opt_ours = torch.optim.Adam(params, lr=1e-3)
     data = toydata.get("two_circles")
-    times = torch.tensor([T1, 0.0])
+    times = torch.tensor([T1, 0.0], device=device)
     rows = {"reference": [], "cnflow": [], "cnflow_default": []}
     n = batch * (D + 1)
     sizes = [p.numel() for p in params]
@@ -149,19 +159,21 @@ def speed_comparison(iterations: int = 20, warmup: int = 2, batch: int = 512) ->
         return reference(t, states)
 
     for it in range(warmup + iterations):
-        x = torch.as_tensor(data.sample(batch, seed=10_000 + it), dtype=torch.float32)
+        x = torch.as_tensor(data.sample(batch, seed=10_000 + it), dtype=torch.float32,
+                            device=device)
+        zero = torch.zeros(batch, 1, device=device)
         # Reference: torchdiffeq's adjoint, full norm.
         counter["nfe"] = 0
-        start = time.perf_counter()
+        start = _clock(device)
         opt_ref.zero_grad()
         zs, dlogp = torchdiffeq.odeint_adjoint(
-            counted, (x, torch.zeros(batch, 1)), times, rtol=TOL, atol=TOL, method="dopri5",
+            counted, (x, zero), times, rtol=TOL, atol=TOL, method="dopri5",
             adjoint_params=tuple(reference.parameters()))
         nfe_forward = counter["nfe"]
         loss = -(_base_log_prob(zs[-1]) - dlogp[-1].view(-1)).mean()
         loss.backward()
         opt_ref.step()
-        seconds = time.perf_counter() - start
+        seconds = _clock(device) - start
         if it >= warmup:
             rows["reference"].append((seconds, nfe_forward, counter["nfe"] - nfe_forward,
                                       loss.item()))
@@ -170,9 +182,9 @@ def speed_comparison(iterations: int = 20, warmup: int = 2, batch: int = 512) ->
         for key, forward_norm, adjoint_norm in (
                 ("cnflow", tuple_norm, adjoint_tuple_norm),
                 ("cnflow_default", "rms", "seminorm")):
-            start = time.perf_counter()
+            start = _clock(device)
             opt_ours.zero_grad()
-            sol = solve(ours, torch.cat([x, torch.zeros(batch, 1)], 1), times, rtol=TOL,
+            sol = solve(ours, torch.cat([x, zero], 1), times, rtol=TOL,
                         atol=TOL, method="dopri5", gradient="adjoint", adjoint_params=params,
                         options={"norm": forward_norm}, adjoint_options={"norm": adjoint_norm})
             end = sol.ys[-1]
@@ -180,25 +192,25 @@ def speed_comparison(iterations: int = 20, warmup: int = 2, batch: int = 512) ->
             loss.backward()
             if key == "cnflow":
                 opt_ours.step()  # one optimiser step per iteration keeps the fields equal
-            seconds = time.perf_counter() - start
+            seconds = _clock(device) - start
             if it >= warmup:
                 rows[key].append((seconds, sol.stats.forward.nfe, sol.stats.backward.nfe,
                                   loss.item()))
     # Accuracy of each forward solve on one batch, against a tight dopri8 solve of the
     # (now equal) field: fewer NFE only count if the answer is as good.
-    x = torch.as_tensor(data.sample(batch, seed=99), dtype=torch.float64)
+    x = torch.as_tensor(data.sample(batch, seed=99), dtype=torch.float64, device=device)
     reference.double()
     module.double()
-    y0 = torch.cat([x, torch.zeros(batch, 1, dtype=torch.float64)], 1)
+    zero = torch.zeros(batch, 1, dtype=torch.float64, device=device)
+    y0 = torch.cat([x, zero], 1)
     times64 = times.double()
     with torch.no_grad():
         exact = solve(ours, y0, times64, rtol=1e-11, atol=1e-11, method="dopri8").ys[-1]
         ours_end = {key: solve(ours, y0, times64, rtol=TOL, atol=TOL, method="dopri5",
                                options={"norm": norm}).ys[-1]
                     for key, norm in (("cnflow", tuple_norm), ("cnflow_default", "rms"))}
-    ref_z, ref_logp = torchdiffeq.odeint(reference, (x, torch.zeros(batch, 1,
-                                                                    dtype=torch.float64)),
-                                         times64, rtol=TOL, atol=TOL, method="dopri5")
+    ref_z, ref_logp = torchdiffeq.odeint(reference, (x, zero), times64, rtol=TOL, atol=TOL,
+                                         method="dopri5")
     ref_end = torch.cat([ref_z[-1], ref_logp[-1]], 1).detach()
     errors = {"reference": ref_end, **ours_end}
     summary = {}
