@@ -433,7 +433,7 @@ def fit(model: nn.Module, train: Rows | tuple[torch.Tensor, ...] | EndlessSample
     if val is not None and not callable(val):
         if not is_flow:
             raise TypeError(f"val must be a callable score for {type(model).__name__} (rows "
-                            "are scored by their NLL only for a model)")
+                            "are scored by their NLL only for a flow)")
         val = _rows(model, val, "val")
     objective = MaximumLikelihood() if objective is None else objective
     device, dtype = _device_and_dtype(model)
