@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import toydata
+from cnflow.experiments.tabular import mix6_table
 from cnflow.plots import save_figure
 from cnflow.runs import environment, write_json, write_text
 
@@ -38,16 +38,6 @@ CASES: tuple[tuple[str, str, list[str]], ...] = (
 )
 GOAL_NLL = 0.1
 GOAL_RATIO = 0.75
-
-
-def _table(work: Path) -> Path:
-    table = work / "mix6.csv"
-    if not table.exists():
-        rows = toydata.get("mix6").sample(TABLE_ROWS, seed=7)
-        header = ",".join(f"x{j}" for j in range(rows.shape[1]))
-        write_text(header + "\n" + "\n".join(",".join(f"{v:.8g}" for v in row)
-                                              for row in rows) + "\n", table)
-    return table
 
 
 def _command(data: str, args: list[str], processes: int, threads: int, out: Path
@@ -99,7 +89,7 @@ def write_report(out: str | Path, work: str | Path, command: str, processes: int
     processes of one thread; write the Markdown report, a JSON of the runs and a figure."""
     out, work = Path(out), Path(work)
     work.mkdir(parents=True, exist_ok=True)
-    table = _table(work)
+    table = mix6_table(work / "mix6.csv", TABLE_ROWS)
     configurations = [(1, 1), (1, processes), (processes, 1)]
     results: dict[str, list[dict[str, Any]]] = {}
     for case, _, args in CASES:

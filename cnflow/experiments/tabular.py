@@ -77,6 +77,17 @@ FULL_RUNS: dict[str, dict[str, Any]] = {
 FULL_RUN_ROWS = 20000
 
 
+def mix6_table(path: Path, rows: int = FULL_RUN_ROWS) -> Path:
+    """``rows`` rows of the known-density set ``mix6`` (seed 7) as a CSV at ``path``, written
+    once (an existing file is kept)."""
+    if not path.exists():
+        values = toydata.get("mix6").sample(rows, seed=7)
+        header = ",".join(f"x{j}" for j in range(values.shape[1]))
+        write_text(header + "\n" + "\n".join(",".join(f"{v:.8g}" for v in row)
+                                              for row in values) + "\n", path)
+    return path
+
+
 @dataclass
 class TabularConfig:
     """What ``cnflow benchmark tabular`` runs.
@@ -251,12 +262,7 @@ def full_run(variant: str, work: str) -> dict[str, Any]:
     torch.set_num_threads(1)
     folder = Path(work) / "full"
     folder.mkdir(parents=True, exist_ok=True)
-    table = folder / "mix6.csv"
-    if not table.exists():
-        rows = toydata.get("mix6").sample(FULL_RUN_ROWS, seed=7)
-        header = ",".join(f"x{j}" for j in range(rows.shape[1]))
-        write_text(header + "\n" + "\n".join(",".join(f"{v:.8g}" for v in row)
-                                              for row in rows) + "\n", table)
+    table = mix6_table(folder / "mix6.csv")
     metrics = fit_run(FitConfig(dataset=str(table), **FULL_RUNS[variant]),
                       folder / variant.replace(" ", "_").replace(",", ""), device="cpu",
                       progress=False, overwrite=True)
