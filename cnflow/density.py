@@ -44,6 +44,7 @@ from cnflow.training import (
     EndlessSamples,
     History,
     TrainConfig,
+    check_batch_shares,
     evaluate,
     fit,
     mean_and_stderr,
@@ -482,6 +483,8 @@ def fit_run(config: FitConfig, out_dir: str | Path, device: str = "auto",
     """
     start, cpu_start = time.perf_counter(), time.process_time()
     data = load_data(config)  # every data error is raised before anything is written
+    check_batch_shares(config.batch_size, None if isinstance(data.train, EndlessSamples)
+                       else _count(data.train))
     dev = resolve_device(device)
     state = None
     if resume is not None:

@@ -438,10 +438,8 @@ def fit(model: nn.Module, train: Rows | tuple[torch.Tensor, ...] | EndlessSample
     objective = MaximumLikelihood() if objective is None else objective
     device, dtype = _device_and_dtype(model)
     ranks, main = distributed.world_size(), distributed.is_main()
-    rows = len(source.dataset) if isinstance(source, _Table) else config.batch_size
-    if min(config.batch_size, rows) < ranks:
-        raise ValueError(f"batch_size={min(config.batch_size, rows)} gives fewer rows than "
-                         f"the {ranks} processes; use a batch of at least {ranks} rows")
+    check_batch_shares(config.batch_size, len(source.dataset) if isinstance(source, _Table)
+                       else None)
     step_objective = training_objective(model, objective)
 
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr,
@@ -671,6 +669,15 @@ def fit(model: nn.Module, train: Rows | tuple[torch.Tensor, ...] | EndlessSample
     # "last_model", so a resumed run continues from where this one stopped).
     model.load_state_dict(best_weights)
     return history
+
+
+def check_batch_shares(batch_size: int, rows: int | None = None) -> None:
+    """Refuse a batch (of at most ``rows`` rows, for a table) too small to give every
+    process under ``torchrun`` at least one row."""
+    batch, ranks = min(batch_size, rows or batch_size), distributed.world_size()
+    if batch < ranks:
+        raise ValueError(f"batch_size={batch} gives fewer rows than the {ranks} processes; "
+                         f"use a batch of at least {ranks} rows")
 
 
 def _rank_seed(seed: int) -> int:

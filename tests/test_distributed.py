@@ -147,3 +147,14 @@ def test_torchrun_bad_input_fails_with_one_message(tmp_path):
     errors = [line for line in failed.stderr.splitlines() if line.startswith("Error:")]
     assert len(errors) == 1 and "bad.csv" in errors[0]
     assert not (tmp_path / "run").exists()
+
+
+def test_torchrun_batch_smaller_than_the_processes_fails_before_writing(tmp_path):
+    np.savetxt(tmp_path / "table.csv", np.random.default_rng(0).normal(size=(50, 2)),
+               delimiter=",")
+    failed = _torchrun("fit", "table.csv", "--batch-size", "1", "--out", "run", cwd=tmp_path)
+    assert failed.returncode != 0
+    errors = [line for line in failed.stderr.splitlines() if line.startswith("Error:")]
+    assert errors == ["Error: batch_size=1 gives fewer rows than the 2 processes; use a "
+                      "batch of at least 2 rows"]
+    assert not (tmp_path / "run").exists()
