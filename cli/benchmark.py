@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import click
-from cnflow.cli.flows import _POSITIVE
+from cnflow.cli.options import POSITIVE
 
 from cnflow.experiments.tabular import MODELS as _TABULAR_MODELS
 from cnflow.experiments.tabular import SETS as _TABULAR_SETS
@@ -65,7 +65,7 @@ def cnf(out: str, runs: str, iterations: int, reuse_fits: bool) -> None:
               help="Comma-separated models.")
 @click.option("--seeds", type=click.IntRange(1), default=3, show_default=True,
               help="Seeds (splits and initialisations) per set and model.")
-@click.option("--budget", type=_POSITIVE, default=60.0,
+@click.option("--budget", type=POSITIVE, default=60.0,
               show_default=True, help="CPU seconds per fit (training and validation).")
 @click.option("--jobs", type=click.IntRange(1), default=2, show_default=True,
               help="Fits run in parallel, one thread each.")
@@ -113,7 +113,7 @@ def tabular(out: str, work: str, sets: str, models: str, seeds: int, budget: flo
                                       "tabular benchmark's, beside it.")
 @click.option("--seeds", type=click.IntRange(1), default=3, show_default=True,
               help="Seeds per set and model of the tabular section.")
-@click.option("--budget", type=_POSITIVE, default=60.0,
+@click.option("--budget", type=POSITIVE, default=60.0,
               show_default=True, help="CPU seconds per tabular fit.")
 @click.option("--jobs", type=click.IntRange(1), default=2, show_default=True,
               help="Runs in parallel, one thread each.")

@@ -15,7 +15,7 @@ from typing import Any
 
 import click
 import torch
-from cnflow.cli.flows import _POSITIVE, FiniteFloat
+from cnflow.cli.options import POSITIVE, FiniteFloat
 
 from cnflow.data.mnist import (
     ClassificationData,
@@ -75,13 +75,13 @@ def _load_data(data: str, data_dir: Path | None) -> ClassificationData:
                    "t10k-images-idx3-ubyte[.gz], t10k-labels-idx1-ubyte[.gz].")
 @click.option("--epochs", type=click.IntRange(min=1), default=2, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)
-@click.option("--lr", type=_POSITIVE, default=1e-3,
+@click.option("--lr", type=POSITIVE, default=1e-3,
               show_default=True, help="Adam learning rate (cosine decay to 0).")
 @click.option("--method", type=click.Choice(ADAPTIVE_METHODS + FIXED_STEP_METHODS),
               default="dopri5", show_default=True, help="ODE solver of ODE-Net / RK-Net.")
-@click.option("--rtol", type=_POSITIVE, default=1e-3,
+@click.option("--rtol", type=POSITIVE, default=1e-3,
               show_default=True, help="Relative tolerance of adaptive methods.")
-@click.option("--atol", type=_POSITIVE, default=1e-3,
+@click.option("--atol", type=POSITIVE, default=1e-3,
               show_default=True, help="Absolute tolerance of adaptive methods.")
 @click.option("--step-size", type=FiniteFloat(min=0, max=1, min_open=True), default=None,
               help="Step of fixed-step methods (required for them).")

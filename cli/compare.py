@@ -16,7 +16,7 @@ import shlex
 from pathlib import Path
 
 import click
-from cnflow.cli.flows import _NON_NEGATIVE, _POSITIVE
+from cnflow.cli.options import NON_NEGATIVE, POSITIVE
 
 from cnflow.experiments.compare import (
     DENSITY_MAX_SEED,
@@ -164,16 +164,16 @@ def compare() -> None:
               show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=_DENSITY.batch_size,
               show_default=True)
-@click.option("--nf-lr", type=_POSITIVE, default=_DENSITY.nf_lr,
+@click.option("--nf-lr", type=POSITIVE, default=_DENSITY.nf_lr,
               show_default=True)
-@click.option("--cnf-lr", type=_POSITIVE, default=_DENSITY.cnf_lr,
+@click.option("--cnf-lr", type=POSITIVE, default=_DENSITY.cnf_lr,
               show_default=True)
 @click.option("--eval-samples", type=click.IntRange(min=2), default=_DENSITY.eval_samples,
               show_default=True,
               help="Samples of q per KL estimate.")
 @click.option("--grid", type=click.IntRange(min=2), default=_DENSITY.grid, show_default=True,
               help="Grid points per axis of the density figure.")
-@click.option("--box-wall", type=_NON_NEGATIVE, default=_DENSITY.box_wall, show_default=True,
+@click.option("--box-wall", type=NON_NEGATIVE, default=_DENSITY.box_wall, show_default=True,
               help="Strength of the soft wall at the box [-4, 4]² added to U while "
                    "training (0: none).")
 @click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,
@@ -220,9 +220,9 @@ def density_matching(ctx: click.Context, **params) -> None:
               show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=_MLE.batch_size,
               show_default=True)
-@click.option("--nf-lr", type=_POSITIVE, default=_MLE.nf_lr,
+@click.option("--nf-lr", type=POSITIVE, default=_MLE.nf_lr,
               show_default=True)
-@click.option("--cnf-lr", type=_POSITIVE, default=_MLE.cnf_lr,
+@click.option("--cnf-lr", type=POSITIVE, default=_MLE.cnf_lr,
               show_default=True)
 @click.option("--test-size", type=click.IntRange(min=2), default=_MLE.test_size,
               show_default=True)

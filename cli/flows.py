@@ -13,6 +13,7 @@ from pathlib import Path
 
 import click
 import numpy as np
+from cnflow.cli.options import FRACTION, NON_NEGATIVE, POSITIVE
 
 import toydata
 from cnflow.density import (
@@ -130,21 +131,6 @@ class RankFailure(click.ClickException):
         super().__init__(message if rank == "0" else f"rank {rank}: {message}")
 
 
-class FiniteFloat(click.FloatRange):
-    """A ``FloatRange`` that also refuses ``nan`` and ``inf`` (they pass range checks)."""
-
-    name = "finite float"
-
-    def convert(self, value, param, ctx):
-        number = super().convert(value, param, ctx)
-        if not math.isfinite(number):
-            self.fail(f"{value!r} is not a finite number", param, ctx)
-        return number
-
-
-_POSITIVE = FiniteFloat(min=0, min_open=True)
-_NON_NEGATIVE = FiniteFloat(min=0)
-_FRACTION = FiniteFloat(min=0, max=1, max_open=True)
 
 
 @click.command()
@@ -162,15 +148,15 @@ _FRACTION = FiniteFloat(min=0, max=1, max_open=True)
 @click.option("--finetune", type=click.IntRange(0), default=None,
               help="Maximum-likelihood steps after flow matching  [default: "
                    + ", ".join(f"{n} for {k} data" for k, n in DEFAULT_FINETUNE.items()) + "]")
-@click.option("--finetune-lr", type=_POSITIVE, default=_default("finetune_lr"),
+@click.option("--finetune-lr", type=POSITIVE, default=_default("finetune_lr"),
               show_default=True, help="Learning rate of the fine-tune.")
 @click.option("--val", "val", type=click.Path(dir_okay=False), default=None,
               help="Validation rows from this file instead of a split of DATA.")
-@click.option("--val-fraction", type=_FRACTION, default=_default("val_fraction"),
+@click.option("--val-fraction", type=FRACTION, default=_default("val_fraction"),
               show_default=True, help="Share of DATA's rows held out for validation.")
 @click.option("--test", "test", type=click.Path(dir_okay=False), default=None,
               help="Test rows from this file instead of a split of DATA.")
-@click.option("--test-fraction", type=_FRACTION, default=_default("test_fraction"),
+@click.option("--test-fraction", type=FRACTION, default=_default("test_fraction"),
               show_default=True, help="Share of DATA's rows held out for the test NLL.")
 @click.option("--dequantize", is_flag=True,
               help="Add uniform noise over each bin of the integer-valued columns.")
@@ -179,7 +165,7 @@ _FRACTION = FiniteFloat(min=0, max=1, max_open=True)
 @click.option("--patience", type=click.IntRange(1), default=_default("patience"),
               show_default=True, help="Stop after this many epochs without a better "
                                       "validation NLL.")
-@click.option("--max-time", type=_POSITIVE, default=None,
+@click.option("--max-time", type=POSITIVE, default=None,
               help="Budget in CPU seconds of this process (all threads), validation "
                    "included; the run then stops cleanly with its best weights.")
 @click.option("--iterations", type=click.IntRange(1), default=None,
@@ -203,20 +189,20 @@ _FRACTION = FiniteFloat(min=0, max=1, max_open=True)
               show_default=True, help="Trace estimator while training (auto: closed form for "
                                       "gated, exact up to D = 8, Hutchinson above); "
                                       "evaluation always uses the exact trace.")
-@click.option("--lr", type=_POSITIVE, default=None,
+@click.option("--lr", type=POSITIVE, default=None,
               help="Adam learning rate  [default: mle 1e-2 for built-in datasets, 3e-3 for "
                    "files; flow matching 3e-3]")
 @click.option("--lr-schedule", type=click.Choice(LR_SCHEDULES),
               default=_default("lr_schedule"), show_default=True,
               help="cosine: decay to 1 % over the maximum number of steps.")
-@click.option("--weight-decay", type=_NON_NEGATIVE, default=_default("weight_decay"),
+@click.option("--weight-decay", type=NON_NEGATIVE, default=_default("weight_decay"),
               show_default=True)
-@click.option("--grad-clip", type=_NON_NEGATIVE, default=_default("grad_clip"),
+@click.option("--grad-clip", type=NON_NEGATIVE, default=_default("grad_clip"),
               show_default=True, help="Clip the gradient norm to this value; 0: no clipping.")
-@click.option("--rtol", type=_POSITIVE, default=_default("rtol"), show_default=True,
+@click.option("--rtol", type=POSITIVE, default=_default("rtol"), show_default=True,
               help="Solver tolerance while training.")
-@click.option("--atol", type=_POSITIVE, default=_default("atol"), show_default=True)
-@click.option("--eval-tol", type=_POSITIVE, default=_default("eval_tol"), show_default=True,
+@click.option("--atol", type=POSITIVE, default=_default("atol"), show_default=True)
+@click.option("--eval-tol", type=POSITIVE, default=_default("eval_tol"), show_default=True,
               help="rtol = atol of the exact validation and test log-likelihoods.")
 @click.option("--method", type=click.Choice(METHODS), default=_default("method"),
               show_default=True)
@@ -227,10 +213,10 @@ _FRACTION = FiniteFloat(min=0, max=1, max_open=True)
 @click.option("--test-size", type=click.IntRange(2), default=_default("test_size"),
               show_default=True, help="Built-in datasets: fresh held-out points for the "
                                       "test NLL.")
-@click.option("--kinetic", type=_NON_NEGATIVE, default=None,
+@click.option("--kinetic", type=NON_NEGATIVE, default=None,
               help="Weight of the kinetic-energy regulariser  [default: 0 for built-in "
                    "datasets, 0.01 for files]")
-@click.option("--jacobian", type=_NON_NEGATIVE, default=_default("jacobian"),
+@click.option("--jacobian", type=NON_NEGATIVE, default=_default("jacobian"),
               show_default=True, help="Weight of the Jacobian-Frobenius regulariser.")
 @click.option("--seed", type=click.IntRange(0), default=_default("seed"), show_default=True,
               help="Initialisation, splits, shuffling and noise.")
@@ -367,7 +353,7 @@ def sample(checkpoint: str, num: int, out: str, plot: str | None, contexts: tupl
 @click.argument("input", type=click.Path())
 @click.option("--out", "-o", type=click.Path(), default=None,
               help="Write log p to this .npy/.csv instead of standard output.")
-@click.option("--tol", type=_POSITIVE, default=None,
+@click.option("--tol", type=POSITIVE, default=None,
               help="Solver rtol = atol  [default: the run's eval tolerance]")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
               show_default=True)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 import torch
-from cnflow.cli.flows import _POSITIVE
+from cnflow.cli.options import POSITIVE
 
 from cnflow.experiments.latent_ode import MAX_SEED, WINDOW, LatentConfig
 from cnflow.solvers import GRADIENT_MODES
@@ -72,17 +72,17 @@ def _command_line(params: dict) -> str:
               help="Training steps of the RNN.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=_DEFAULTS.batch_size,
               show_default=True)
-@click.option("--lr", type=_POSITIVE, default=_DEFAULTS.lr,
+@click.option("--lr", type=POSITIVE, default=_DEFAULTS.lr,
               show_default=True, help="Initial Adam learning rate.")
-@click.option("--final-lr-factor", type=_POSITIVE, default=_DEFAULTS.final_lr_factor,
+@click.option("--final-lr-factor", type=POSITIVE, default=_DEFAULTS.final_lr_factor,
               show_default=True, help="Last learning rate relative to the first.")
 @click.option("--time-subsample", type=click.IntRange(min=0), default=_DEFAULTS.time_subsample,
               show_default=True,
               help="Random grid times per step for the latent ODE's ELBO estimate (0: all; at "
                    "most 198, or 98 with --window-only).")
-@click.option("--rtol", type=_POSITIVE, default=_DEFAULTS.rtol,
+@click.option("--rtol", type=POSITIVE, default=_DEFAULTS.rtol,
               show_default=True)
-@click.option("--atol", type=_POSITIVE, default=_DEFAULTS.atol,
+@click.option("--atol", type=POSITIVE, default=_DEFAULTS.atol,
               show_default=True)
 @click.option("--gradient", type=click.Choice(GRADIENT_MODES),
               default=_DEFAULTS.gradient, show_default=True,

@@ -155,6 +155,6 @@ def test_torchrun_batch_smaller_than_the_processes_fails_before_writing(tmp_path
     failed = _torchrun("fit", "table.csv", "--batch-size", "1", "--out", "run", cwd=tmp_path)
     assert failed.returncode != 0
     errors = [line for line in failed.stderr.splitlines() if line.startswith("Error:")]
-    assert errors == ["Error: batch_size=1 gives fewer rows than the 2 processes; use a "
-                      "batch of at least 2 rows"]
+    assert errors == [("Error: batch_size=1 gives fewer rows than the 2 processes; use a "
+                       "batch of at least 2 rows")]
     assert not (tmp_path / "run").exists()
