@@ -197,6 +197,11 @@ def _locked(path: Path, remove: bool) -> Iterator[None]:
             return
 
 
+def relative_path(path: str | os.PathLike, start: str | os.PathLike) -> str:
+    """``path`` relative to the folder ``start`` (a report's links to its figures)."""
+    return os.path.relpath(Path(path).resolve(), Path(start).resolve())
+
+
 def failure_message(error: BaseException) -> str:
     """One line for the user about a run that failed: which file an OSError is about."""
     if isinstance(error, OSError) and error.filename is not None:

@@ -687,6 +687,8 @@ def _rank_seed(seed: int) -> int:
 
 
 def mean_and_stderr(values: np.ndarray) -> tuple[float, float]:
-    """Mean and its standard error."""
+    """Mean and its standard error (``scipy.stats.sem``; NaN for fewer than two values)."""
+    from scipy.stats import sem
+
     values = np.asarray(values, dtype=np.float64)
-    return float(values.mean()), float(values.std(ddof=1) / math.sqrt(len(values)))
+    return float(values.mean()), float(sem(values)) if len(values) > 1 else math.nan

@@ -45,7 +45,7 @@ from cnflow.models.odenet import (
     count_parameters,
     ode_blocks,
 )
-from cnflow.runs import environment, write_json, write_text
+from cnflow.runs import environment, relative_path, write_json, write_text
 from cnflow.validation import check_float, check_int
 
 if TYPE_CHECKING:  # typing.Self needs Python 3.11; only type checkers read this
@@ -800,7 +800,7 @@ def write_markdown(results: dict[str, Any], md_path: str | Path,
         ``md_path``.
     """
     md_path = Path(md_path)
-    rel = Path(_relative(Path(figure_dir), md_path.parent))
+    rel = Path(relative_path(Path(figure_dir), md_path.parent))
     s = results["settings"]
     name = results["data_name"]
     rows = {r["key"]: r for r in results["table1"]}
@@ -954,10 +954,6 @@ def write_markdown(results: dict[str, Any], md_path: str | Path,
     return md_path
 
 
-def _relative(path: Path, start: Path) -> str:
-    import os
-
-    return os.path.relpath(path.resolve(), start.resolve())
 
 
 def main(argv: Sequence[str] | None = None) -> int:
