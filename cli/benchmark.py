@@ -10,6 +10,15 @@ from cnflow.experiments.tabular import SETS as _TABULAR_SETS
 from cnflow.experiments.tabular import SWEEP_SETS as _SWEEP_SETS
 
 
+def _require_peer(name: str) -> None:
+    """Refuse a benchmark whose peer library (of the `bench` extra) is not installed."""
+    from importlib.util import find_spec
+
+    if find_spec(name) is None:
+        raise click.ClickException(f"this benchmark compares against {name}; install it "
+                                   "with: pip install -e \".[bench]\"")
+
+
 @click.group()
 def benchmark() -> None:
     """Regenerate a benchmark report (results/*.md)."""
@@ -22,11 +31,7 @@ def benchmark() -> None:
               help="Timed runs per configuration (the median is reported).")
 def solver(out: str, repeats: int) -> None:
     """cnflow vs torchdiffeq, adjoint memory, seminorm NFE (needs the `bench` extra)."""
-    try:
-        import torchdiffeq  # noqa: F401
-    except ImportError:
-        raise click.ClickException("this benchmark compares against torchdiffeq; install it "
-                                   "with: pip install -e \".[bench]\"") from None
+    _require_peer("torchdiffeq")
     from cnflow.experiments.solver_bench import write_report
 
     click.echo(write_report(out, repeats=repeats))
@@ -43,11 +48,7 @@ def solver(out: str, repeats: int) -> None:
               help="Use existing fits in --runs instead of training them again.")
 def cnf(out: str, runs: str, iterations: int, reuse_fits: bool) -> None:
     """Speed vs torchdiffeq's reference CNF, test NLL vs entropy floor, log_prob throughput."""
-    try:
-        import torchdiffeq  # noqa: F401
-    except ImportError:
-        raise click.ClickException("this benchmark compares against torchdiffeq; install it "
-                                   "with: pip install -e \".[bench]\"") from None
+    _require_peer("torchdiffeq")
     from cnflow.experiments.cnf_bench import write_report
 
     click.echo(write_report(out, runs, iterations=iterations, refit=not reuse_fits))
@@ -81,11 +82,7 @@ def tabular(out: str, work: str, sets: str, models: str, seeds: int, budget: flo
     extra)."""
     import shlex
 
-    try:
-        import zuko  # noqa: F401
-    except ImportError:
-        raise click.ClickException("this benchmark compares against zuko; install it "
-                                   "with: pip install -e \".[bench]\"") from None
+    _require_peer("zuko")
     from cnflow.experiments.tabular import TabularConfig, write_report
 
     try:
@@ -125,11 +122,7 @@ def flow_matching(out: str, work: str, seeds: int, budget: float, jobs: int,
     conditional model (needs the `bench` extra)."""
     import shlex
 
-    try:
-        import zuko  # noqa: F401
-    except ImportError:
-        raise click.ClickException("this benchmark compares against zuko; install it "
-                                   "with: pip install -e \".[bench]\"") from None
+    _require_peer("zuko")
     from cnflow.experiments.flow_matching import write_report
 
     command = shlex.join(["cnflow", "benchmark", "flow-matching", "--seeds", str(seeds),
@@ -173,11 +166,7 @@ def gpu(out: str, model: str, iterations: int) -> None:
 
     if not torch.cuda.is_available():
         raise click.ClickException("this benchmark needs a CUDA device; none is available")
-    try:
-        import torchdiffeq  # noqa: F401
-    except ImportError:
-        raise click.ClickException("this benchmark compares against torchdiffeq; install it "
-                                   "with: pip install -e \".[bench]\"") from None
+    _require_peer("torchdiffeq")
     from cnflow.experiments.gpu_bench import write_report
 
     command = shlex.join(["cnflow", "benchmark", "gpu", "--iterations", str(iterations),
