@@ -139,15 +139,18 @@ def flow_matching(out: str, work: str, seeds: int, budget: float, jobs: int,
               show_default=True, help="Run directories and the generated table.")
 @click.option("--processes", type=click.IntRange(2), default=2, show_default=True,
               help="Processes of the torchrun runs (one thread each).")
-def ddp(out: str, work: str, processes: int) -> None:
+@click.option("--repeats", type=click.IntRange(1), default=3, show_default=True,
+              help="Runs per configuration (the median is reported).")
+def ddp(out: str, work: str, processes: int, repeats: int) -> None:
     """`cnflow fit` in one process against several under torchrun (gloo on CPU)."""
     import shlex
 
     from cnflow.experiments.ddp_bench import write_report
 
     command = shlex.join(["cnflow", "benchmark", "ddp", "--processes", str(processes),
-                          "--out", out])
-    click.echo(write_report(out, work, command, processes=processes, echo=click.echo))
+                          "--repeats", str(repeats), "--out", out])
+    click.echo(write_report(out, work, command, processes=processes, repeats=repeats,
+                            echo=click.echo))
 
 
 @benchmark.command()

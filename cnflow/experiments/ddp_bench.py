@@ -84,9 +84,11 @@ def _figure(results: dict[str, list[dict[str, Any]]], path: Path) -> None:
 
 
 def write_report(out: str | Path, work: str | Path, command: str, processes: int = 2,
-                 echo=print) -> str:
+                 repeats: int = 3, echo=print) -> str:
     """Run every case with 1 process (1 and ``processes`` threads) and ``processes``
-    processes of one thread; write the Markdown report, a JSON of the runs and a figure."""
+    processes of one thread, ``repeats`` times with the configurations alternated; keep
+    each configuration's run of median wall time; write the Markdown report, a JSON of the
+    runs and a figure."""
     out, work = Path(out), Path(work)
     work.mkdir(parents=True, exist_ok=True)
     table = mix6_table(work / "mix6.csv", TABLE_ROWS)
@@ -94,15 +96,25 @@ def write_report(out: str | Path, work: str | Path, command: str, processes: int
     results: dict[str, list[dict[str, Any]]] = {}
     for case, _, args in CASES:
         data = "two_moons" if case == "two_moons" else str(table)
+        runs: dict[tuple[int, int], list[dict[str, Any]]] = {c: [] for c in configurations}
+        for repeat in range(repeats):
+            # A different order each repeat, so no configuration always runs first.
+            shift = repeat % len(configurations)
+            for p, t in configurations[shift:] + configurations[:shift]:
+                echo(f"{case}: {p} process(es) x {t} thread(s), run {repeat + 1}/{repeats}")
+                folder = work / f"{case.replace(' ', '_')}_{p}x{t}"
+                runs[(p, t)].append(run_case(data, args, p, t, folder))
         results[case] = []
-        for p, t in configurations:
-            echo(f"{case}: {p} process(es) x {t} thread(s) ...")
-            folder = work / f"{case.replace(' ', '_')}_{p}x{t}"
-            results[case].append(run_case(data, args, p, t, folder))
+        for c in configurations:
+            ordered = sorted(runs[c], key=lambda r: r["wall_seconds"])
+            median = ordered[(len(ordered) - 1) // 2]
+            median["wall_seconds_all"] = [r["wall_seconds"] for r in runs[c]]
+            results[case].append(median)
     figure = out.with_name(out.stem + ".png")
     _figure(results, figure)
 
-    protocol = ("Each row is one whole `cnflow fit` command. The fair comparison is one "
+    protocol = (f"Each row is one whole `cnflow fit` command, the run of median wall time "
+                f"of {repeats} (the configurations alternated). The fair comparison is one "
                 f"process with {processes} threads against {processes} processes of one "
                 "thread each; one process of one thread (the default `--threads 1`) is shown "
                 "too. Wall seconds are the command's (start-up and test evaluation included), "
