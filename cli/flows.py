@@ -277,6 +277,7 @@ def fit(data: str, out: str | None, device: str, resume: str | None, no_figures:
         try:
             metrics = fit_run(config, run_dir, device=device, resume=resume,
                               figures=not no_figures, overwrite=overwrite)
+            distributed.teardown(synchronize=True)  # every rank finished: leave together
         except (DataError, CheckpointError, ValueError) as error:
             raise click.ClickException(str(error)) from None
         except ODESolverError as error:

@@ -62,9 +62,17 @@ def setup(timeout_minutes: float = 30.0) -> torch.device | None:
     return device
 
 
-def teardown() -> None:
-    """Leave the process group (if any)."""
+def teardown(synchronize: bool = False) -> None:
+    """Leave the process group (if any).
+
+    Args:
+        synchronize: wait for every rank first (after a run that succeeded on all of them):
+            a rank that destroys the group while another still talks to it can abort that
+            one. After a failure the others may never arrive, so none is waited for.
+    """
     if dist.is_available() and dist.is_initialized():
+        if synchronize:
+            dist.barrier()
         dist.destroy_process_group()
 
 

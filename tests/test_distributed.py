@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from cnflow import distributed
 from cnflow.flows.cnf import CNF, GatedHyperDynamics
@@ -40,13 +39,11 @@ def _batch() -> torch.Tensor:
     return torch.randn(37, 2, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
 
 
-def _worker(rank: int, out: str) -> None:
+def _worker(out: str) -> None:
+    """One rank of the gradient test, started by torchrun (this file run as a script)."""
     torch.set_num_threads(1)
-    # A file rendezvous (no port to race for); setup() then finds the group made.
-    dist.init_process_group("gloo", init_method=f"file://{out}/rendezvous", rank=rank,
-                            world_size=RANKS)
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(RANKS))
     distributed.setup()
+    rank = distributed.rank()
     try:
         flow = _flow()
         if rank == 1:
@@ -62,12 +59,17 @@ def _worker(rank: int, out: str) -> None:
         nll, nfe = evaluate(flow, _batch())
         torch.save({"grads": grads, "rows": len(x), "nll": torch.from_numpy(nll), "nfe": nfe},
                    Path(out) / f"rank{rank}.pt")
+        distributed.teardown(synchronize=True)
     finally:
         distributed.teardown()
 
 
 def test_two_process_gradient_equals_union_batch_gradient(tmp_path):
-    mp.spawn(_worker, args=(str(tmp_path),), nprocs=RANKS, join=True)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                           f"--nproc-per-node={RANKS}", __file__, str(tmp_path)], env=env,
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr
     flow = _flow()
     nll = -flow.log_prob(_batch())
     nll.mean().backward()
@@ -158,3 +160,7 @@ def test_torchrun_batch_smaller_than_the_processes_fails_before_writing(tmp_path
     assert errors == [("Error: batch_size=1 gives fewer rows than the 2 processes; use a "
                        "batch of at least 2 rows")]
     assert not (tmp_path / "run").exists()
+
+
+if __name__ == "__main__":
+    _worker(sys.argv[1])
