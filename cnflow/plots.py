@@ -1,6 +1,6 @@
 """Figures of a fitted flow: for 2-D data, data | model density | model samples and noise →
 data snapshots; for any dimension, a pair plot of data against model samples; learning
-curves. Every figure is written through :func:`save_figure`."""
+curves. Every figure is written through :func:`cnflow.report.save_figure`."""
 
 from __future__ import annotations
 
@@ -17,20 +17,7 @@ import torch
 
 import toydata
 from cnflow.flows.base import Flow
-
-
-def save_figure(fig: plt.Figure, path: str | Path) -> None:
-    """Save ``fig`` as PNG atomically (a temporary file made safely, then renamed); close it."""
-    import io
-
-    from cnflow.runs import write_bytes
-
-    buffer = io.BytesIO()
-    try:
-        fig.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
-    finally:
-        plt.close(fig)
-    write_bytes(buffer.getvalue(), path)
+from cnflow.report import save_figure
 
 
 def plot_extent(points: np.ndarray, margin: float = 0.15) -> tuple[float, float, float, float]:

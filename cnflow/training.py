@@ -40,6 +40,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import inspect
 import itertools
@@ -378,7 +379,9 @@ def fit(model: nn.Module, train: Rows | tuple[torch.Tensor, ...] | EndlessSample
         objective: Callable | None = None, checkpoint: str | Path | None = None,
         resume: dict[str, Any] | None = None, extra_state: dict[str, Any] | None = None,
         augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
-        on_epoch: Callable[[dict[str, Any]], None] | None = None,
+        on_epoch: Callable[[dict[str, Any]], dict[str, Any] | None] | None = None,
+        on_step: Callable[[dict[str, Any]], None] | None = None,
+        step_context: Callable[[], contextlib.AbstractContextManager] | None = None,
         progress: bool | None = None, desc: str = "fit") -> History:
     """Train ``model``; restore its best-validation weights.
 
@@ -395,6 +398,8 @@ def fit(model: nn.Module, train: Rows | tuple[torch.Tensor, ...] | EndlessSample
         objective: ``objective(model, *batch) -> (loss, report)`` with the batch's tensors
             (for a flow ``x`` and its context), for example
             :class:`~cnflow.objectives.FlowMatching`; a flow's default is maximum likelihood.
+            ``report`` is the step's loss as a number, or a dict of numbers with a
+            ``"loss"`` entry (an accuracy, say) that the step records carry.
         checkpoint: file rewritten atomically after every epoch.
         resume: a checkpoint dict written by this function; the loop continues after its
             last completed epoch.
@@ -402,7 +407,13 @@ def fit(model: nn.Module, train: Rows | tuple[torch.Tensor, ...] | EndlessSample
             example, what is needed to rebuild the model).
         augment: applied to the first tensor of every training batch (for example
             dequantisation noise).
-        on_epoch: called with each epoch's record, after its checkpoint is written.
+        on_epoch: called with each epoch's record before its checkpoint is written; a
+            dict it returns (a test score, say) is added to the record.
+        on_step: called after every optimiser step with that step's record: ``epoch``,
+            ``step``, ``loss``, ``lr``, ``seconds`` (wall, the step's forward and backward), the
+            solver's ``nfe_forward`` and ``nfe_backward`` and the entries of a dict report.
+        step_context: makes a context manager entered around each step's forward and
+            backward pass (a memory meter, say).
         progress: show a progress bar; None shows it only on a terminal.
         desc: the progress bar's label.
 
@@ -448,15 +459,15 @@ def fit(model: nn.Module, train: Rows | tuple[torch.Tensor, ...] | EndlessSample
     if config.max_steps is not None:
         total_steps = min(total_steps, config.max_steps)
 
-    def set_lr() -> None:
+    def lr_factor(_: int) -> float:
+        # Progress is the larger of the share of steps done and the share of the CPU budget
+        # spent, so a run its budget cuts short still anneals.
         if config.lr_schedule == "constant":
-            return
+            return 1.0
         progress = history.steps / total_steps
         if config.max_time is not None:
             progress = max(progress, (time.process_time() - cpu_start) / config.max_time)
-        factor = 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-        for group in optimizer.param_groups:
-            group["lr"] = config.lr * factor
+        return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
     history = History()
     best_weights = copy.deepcopy(model.state_dict())
@@ -485,6 +496,9 @@ def fit(model: nn.Module, train: Rows | tuple[torch.Tensor, ...] | EndlessSample
                 torch.manual_seed(_rank_seed(config.seed) + loop["steps"])
     cpu_start = time.process_time() - history.cpu_seconds
     wall_start = time.perf_counter() - history.wall_seconds
+    for group in optimizer.param_groups:
+        group["initial_lr"] = config.lr  # the schedule's base, also for a resumed optimizer
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
 
     def out_of_time() -> bool:
         # Every rank calls this at the same points, so they all stop together.
@@ -569,37 +583,48 @@ def fit(model: nn.Module, train: Rows | tuple[torch.Tensor, ...] | EndlessSample
             if augment is not None:
                 batch = (augment(batch[0]), *batch[1:])
             optimizer.zero_grad(set_to_none=True)
-            try:
-                loss, report = step_objective(*batch)
-                failed = not torch.isfinite(loss)
-            except ODESolverError:
-                failed = True  # a blown-up field: stop like a non-finite loss
-            if distributed.any_rank(failed):  # all ranks stop, keeping the best weights
-                stop = "non-finite loss"
-                break
-            try:
-                (loss * weight).backward()
-            except ODESolverError:
-                if ranks > 1:
-                    # The other ranks wait in the gradient reduction for this one: the job
-                    # ends (torchrun stops them) and resumes from the last checkpoint.
-                    raise
-                stop = "non-finite loss"
-                break
+            step_start = time.perf_counter()
+            with step_context() if step_context is not None else contextlib.nullcontext():
+                try:
+                    loss, report = step_objective(*batch)
+                    failed = not torch.isfinite(loss)
+                except ODESolverError:
+                    failed = True  # a blown-up field: stop like a non-finite loss
+                if distributed.any_rank(failed):  # all ranks stop, keeping the best weights
+                    stop = "non-finite loss"
+                    break
+                try:
+                    (loss * weight).backward()
+                except ODESolverError:
+                    if ranks > 1:
+                        # The other ranks wait in the gradient reduction for this one: the
+                        # job ends (torchrun stops them) and resumes from the last checkpoint.
+                        raise
+                    stop = "non-finite loss"
+                    break
+                del loss  # the graph goes inside the context (a meter sees it freed)
+            step_seconds = time.perf_counter() - step_start
             norm = torch.nn.utils.clip_grad_norm_(
                 model.parameters(), config.grad_clip if config.grad_clip is not None else math.inf)
             if not torch.isfinite(norm):
                 stop = "non-finite loss"  # a step now would write NaN into the weights
                 break
-            set_lr()
+            rate = optimizer.param_groups[0]["lr"]
             optimizer.step()
             history.steps += 1
+            scheduler.step()
             done += 1
-            losses.append(float(report))
+            report = ({k: float(v) for k, v in report.items()} if isinstance(report, dict)
+                      else {"loss": float(report)})
+            losses.append(report["loss"])
             forward, backward = _nfe(model)
             if forward is not None:
                 nfe_f.append(forward)
                 nfe_b.append(backward)
+            if on_step is not None:
+                on_step({"epoch": epoch + 1, "step": history.steps, **report,
+                         "lr": rate, "seconds": step_seconds, "nfe_forward": forward,
+                         "nfe_backward": backward})
             bar.update()
             bar.set_postfix(loss=f"{losses[-1]:.4f}", val=f"{val_nll:.4f}" if val_nll else "-",
                             nfe_f=forward, nfe_b=backward, refresh=False)
@@ -638,6 +663,8 @@ def fit(model: nn.Module, train: Rows | tuple[torch.Tensor, ...] | EndlessSample
             "nfe_backward": float(np.mean(nfe_b)) if nfe_b else None,
             "cpu_seconds": history.cpu_seconds, "wall_seconds": history.wall_seconds,
         }
+        if on_epoch is not None:
+            record.update(on_epoch(record) or {})
         if continued and history.records and history.records[-1]["epoch"] == epoch + 1:
             history.records.pop()  # the cut epoch's record: this one completes it
         history.records.append(record)
@@ -654,8 +681,6 @@ def fit(model: nn.Module, train: Rows | tuple[torch.Tensor, ...] | EndlessSample
             save(epoch, epoch_step=done)
         else:
             save(epoch + 1)
-        if on_epoch is not None:
-            on_epoch(record)
         if stop is not None:
             break
     bar.close()

@@ -22,7 +22,6 @@ from cnflow.data.mnist import (
     read_idx,
 )
 from cnflow.experiments.odenet import (
-    SavedTensorMemory,
     measure_training_step,
     plot_figure3,
     train_classifier,
@@ -173,29 +172,6 @@ def test_train_classifier_records_history():
 
 
 # --- memory ------------------------------------------------------------------------------
-
-def test_saved_tensor_memory_counts_and_releases():
-    w = torch.randn(100, 100, requires_grad=True)
-    x = torch.randn(50, 100)
-    with SavedTensorMemory(exclude=[w]) as meter:
-        out = torch.tanh(x @ w)  # saves x (w excluded) and tanh's output
-        assert meter.current_bytes == 2 * 50 * 100 * 4
-        out.sum().backward()
-        del out
-    assert meter.current_bytes == 0
-    assert meter.peak_bytes == 2 * 50 * 100 * 4
-
-
-def test_saved_tensor_memory_does_not_leak_unvisited_branches():
-    # dopri5's last stage is evaluated with a graph but is not part of the output, so
-    # backward never visits it; the meter must not keep that branch alive.
-    model = ODENet(channels=8, gradient="direct")
-    meter = SavedTensorMemory(exclude=list(model.parameters()))
-    for _ in range(2):
-        with meter:
-            model(torch.rand(4, 1, 28, 28)).sum().backward()
-    assert meter.current_bytes == 0
-
 
 def test_adjoint_memory_is_flat_in_steps_while_direct_grows():
     x = torch.rand(4, 1, 12, 12)

@@ -62,18 +62,18 @@ def test_early_stopping_restores_the_best_validation_weights(tmp_path):
     flow.set_normalization(data)
     # A learning rate this large makes the validation NLL wander; patience 1 stops at the
     # first epoch without a new best, and the restored weights are those of the best.
-    snapshots = {0: {"last_model": copy.deepcopy(flow.state_dict())}}
+    snapshots = {0: copy.deepcopy(flow.state_dict())}
     history = fit(flow, data[:192], data[192:],
                   TrainConfig(epochs=30, batch_size=32, lr=0.3, patience=1, min_epoch_steps=1),
                   checkpoint=tmp_path / "ck.pt", progress=False,
-                  on_epoch=lambda r: snapshots.update(
-                      {r["epoch"]: torch.load(tmp_path / "ck.pt", weights_only=True)}))
+                  on_epoch=lambda r: snapshots.update({r["epoch"]: copy.deepcopy(
+                      flow.state_dict())}))
     assert history.stop_reason == "early stopping"
     assert history.best_epoch < history.epochs_run
     # The initial weights compete as "epoch 0".
     vals = [history.initial_val_nll] + [r["val_nll"] for r in history.records]
     assert history.best_val_nll == min(vals) == vals[history.best_epoch]
-    best = snapshots[history.best_epoch]["last_model"]
+    best = snapshots[history.best_epoch]
     for name, value in flow.state_dict().items():
         torch.testing.assert_close(value, best[name], rtol=0, atol=0)
     assert evaluate(flow, data[192:])[0].mean() == pytest.approx(history.best_val_nll, abs=1e-6)
@@ -269,3 +269,58 @@ def test_fit_refuses_a_module_without_objective_or_with_rows_to_score():
     with pytest.raises(ValueError, match="different numbers of rows"):
         fit(model, (x, y[:5]), None, TrainConfig(epochs=1), objective=lambda m, a, b: None,
             progress=False)
+
+
+def test_step_and_epoch_hooks_see_every_step_and_extend_the_records(tmp_path):
+    """The hooks the experiments build on: per-step records carrying a dict report, a
+    context around each step's forward and backward, and epoch extras in the checkpoint."""
+    x, y = _two_gaussians(200, 0)
+    torch.manual_seed(0)
+    model = torch.nn.Linear(2, 2)
+
+    def cross_entropy(module, inputs, labels):
+        logits = module(inputs)
+        loss = torch.nn.functional.cross_entropy(logits, labels)
+        accuracy = (logits.argmax(1) == labels).double().mean()
+        return loss, {"loss": loss.detach(), "accuracy": accuracy}
+
+    steps, entered = [], []
+
+    class Context:
+        def __enter__(self):
+            entered.append(torch.is_grad_enabled())
+
+        def __exit__(self, *exc):
+            return None
+
+    history = fit(model, (x, y), None, TrainConfig(epochs=2, batch_size=50, min_epoch_steps=1,
+                                                   lr_schedule="constant", lr=0.05),
+                  objective=cross_entropy, on_step=steps.append, step_context=Context,
+                  on_epoch=lambda record: {"tag": 10 * record["epoch"]},
+                  checkpoint=tmp_path / "ck.pt", progress=False)
+    assert [s["step"] for s in steps] == list(range(1, 9)) == list(range(1, len(entered) + 1))
+    assert [s["epoch"] for s in steps] == [1] * 4 + [2] * 4
+    assert all(0 <= s["accuracy"] <= 1 and s["seconds"] > 0 and s["nfe_forward"] is None
+               for s in steps)
+    assert history.records[0]["train_loss"] == pytest.approx(
+        np.mean([s["loss"] for s in steps[:4]]))
+    assert [r["tag"] for r in history.records] == [10, 20]
+    saved = torch.load(tmp_path / "ck.pt", weights_only=False)
+    assert [r["tag"] for r in saved["loop"]["records"]] == [10, 20]
+
+
+def test_the_cosine_schedule_decays_to_one_percent_through_lr_scheduler():
+    x, y = _two_gaussians(100, 0)
+    steps = []
+
+    def objective(module, inputs, labels):
+        loss = torch.nn.functional.cross_entropy(module(inputs), labels)
+        return loss, loss.detach()
+
+    fit(torch.nn.Linear(2, 2), (x, y), None,
+        TrainConfig(epochs=1, batch_size=10, min_epoch_steps=11, lr=0.1),
+        objective=objective, on_step=steps.append, progress=False)
+    rates = [s["lr"] for s in steps]
+    expected = [0.1 * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * k / len(rates))))
+                for k in range(len(rates))]
+    np.testing.assert_allclose(rates, expected, rtol=1e-12)

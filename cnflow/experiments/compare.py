@@ -425,7 +425,7 @@ def _density_matching_figure(grids, config: DensityMatchingConfig, models, summa
                              path: Path) -> None:
     import matplotlib.pyplot as plt
 
-    from cnflow.plots import save_figure
+    from cnflow.report import save_figure
 
     kl = {(s["target"], s["model"], s["size"]): s["kl_mean"] for s in summary}
     rows, cols = len(config.targets), 1 + len(models)
@@ -607,7 +607,8 @@ def _maximum_likelihood(config: MLEConfig, out: Path, command: str,
 def _mle_figure(trained: dict, config: MLEConfig, path: Path) -> None:
     import matplotlib.pyplot as plt
 
-    from cnflow.plots import density_grid, plot_extent, save_figure
+    from cnflow.plots import density_grid, plot_extent
+    from cnflow.report import save_figure
 
     n = config.figure_samples
     fig, axes = plt.subplots(len(config.datasets), 5, figsize=(14, 2.9 * len(config.datasets)),
@@ -648,7 +649,8 @@ def _snapshot_figure(trained: dict, config: MLEConfig, path: Path,
     """Noise → data for both models: CNF time ``t/T``; NF layers applied so far."""
     import matplotlib.pyplot as plt
 
-    from cnflow.plots import plot_extent, save_figure
+    from cnflow.plots import plot_extent
+    from cnflow.report import save_figure
 
     rows = [(d, k) for d in config.datasets for k in ("NF", "CNF")]
     fig, axes = plt.subplots(len(rows), len(fractions),

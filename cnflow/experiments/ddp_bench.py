@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from cnflow.experiments.tabular import mix6_table
-from cnflow.plots import save_figure
+from cnflow.report import save_figure
 from cnflow.runs import environment, write_json, write_text
 
 # (name, what it is, `cnflow fit` arguments after the data argument)

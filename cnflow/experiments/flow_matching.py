@@ -247,7 +247,7 @@ def _learning_curves(results: list[dict[str, Any]], path: Path) -> None:
     import matplotlib.pyplot as plt
     import seaborn as sns
 
-    from cnflow.plots import save_figure
+    from cnflow.report import save_figure
 
     sns.set_theme(style="whitegrid")
     fig, axes = plt.subplots(1, len(TWO_D_SETS), figsize=(5.5 * len(TWO_D_SETS), 4))

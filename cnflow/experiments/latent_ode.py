@@ -508,7 +508,7 @@ def plot_predictions(models: dict[str, torch.nn.Module], test: Split, path: Path
     import matplotlib.pyplot as plt
     import seaborn as sns
 
-    from cnflow.plots import save_figure
+    from cnflow.report import save_figure
 
     sns.set_theme(style="whitegrid", context="paper")
     indices = _figure_indices(test)
@@ -552,7 +552,7 @@ def plot_interpolation(model: LatentODE, test: Split, path: Path, steps: int = 7
     import matplotlib.pyplot as plt
     import seaborn as sns
 
-    from cnflow.plots import save_figure
+    from cnflow.report import save_figure
 
     sns.set_theme(style="whitegrid", context="paper")
     i_cw = int(torch.nonzero(test.data.clockwise).flatten()[0])
@@ -590,7 +590,7 @@ def plot_learning_curves(runs: dict[str, Any], path: Path) -> None:
     import matplotlib.ticker
     import seaborn as sns
 
-    from cnflow.plots import save_figure
+    from cnflow.report import save_figure
 
     sns.set_theme(style="whitegrid", context="paper")
     ns = sorted({run["n_obs"] for run in runs.values()})

@@ -45,6 +45,7 @@ from cnflow.models.odenet import (
     count_parameters,
     ode_blocks,
 )
+from cnflow.report import SavedTensorMemory, state_bytes
 from cnflow.runs import environment, relative_path, write_json, write_text
 from cnflow.validation import check_float, check_int
 
@@ -70,106 +71,6 @@ MiB = 2.0 ** 20
 
 
 # --- memory ------------------------------------------------------------------------------
-
-class _Saved:
-    """A tensor saved for backward; tells the meter when autograd lets go of it."""
-
-    __slots__ = ("key", "meter", "tensor")
-
-    def __init__(self, meter: SavedTensorMemory, key: int, tensor: torch.Tensor) -> None:
-        self.meter, self.key, self.tensor = meter, key, tensor
-
-    def __del__(self) -> None:
-        self.meter._release(self.key)
-
-
-class SavedTensorMemory:
-    """Context manager measuring the bytes autograd keeps alive for the backward pass.
-
-    Inside the context, every tensor that autograd saves for backward (in the forward pass,
-    and in graphs built during the backward pass, as the adjoint's vector-Jacobian products
-    do) goes through ``torch.autograd.graph.saved_tensors_hooks``. The meter counts each
-    underlying storage once, however many saved tensors view it, from the moment it is first
-    saved until autograd frees the last reference to it (when the graph is released after
-    ``backward``). ``peak_bytes`` is the largest total reached. Storages of parameters (and
-    of tensors passed as ``exclude``) are left out, since they are counted separately as
-    model state.
-
-    This is the memory that grows with depth: the activations kept for backpropagation. It
-    does not count temporaries that are freed right away, or tensors that are alive but not
-    saved for backward (such as the current batch); those do not grow with the number of
-    solver steps or layers.
-
-    Saved tensors come back detached from their graph, which is all a first-order backward
-    pass needs; do not use the meter around code that differentiates through a backward pass
-    (``create_graph=True``).
-
-    Args:
-        exclude: Tensors whose storages are not counted (typically ``model.parameters()``).
-    """
-
-    def __init__(self, exclude: Iterable[torch.Tensor] = ()) -> None:
-        self._excluded = {t.untyped_storage().data_ptr() for t in exclude}
-        self._refs: dict[int, int] = {}
-        self._sizes: dict[int, int] = {}
-        self.current_bytes = 0
-        self.peak_bytes = 0
-        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, self._unpack)
-
-    def _pack(self, tensor: torch.Tensor) -> Any:
-        storage = tensor.untyped_storage()
-        key = storage.data_ptr()
-        if key in self._excluded or key == 0:
-            return tensor
-        if key in self._refs:
-            self._refs[key] += 1
-        else:
-            self._refs[key] = 1
-            self._sizes[key] = storage.nbytes()
-            self.current_bytes += storage.nbytes()
-            self.peak_bytes = max(self.peak_bytes, self.current_bytes)
-        # Keep a detached view (same storage, no grad_fn): holding the tensor itself would
-        # make a reference cycle node -> _Saved -> output tensor -> node for ops that save
-        # their own output, and branches that backward never visits (e.g. the FSAL stage
-        # after the last step) would then leak.
-        return _Saved(self, key, tensor.detach())
-
-    @staticmethod
-    def _unpack(saved: Any) -> torch.Tensor:
-        return saved.tensor if isinstance(saved, _Saved) else saved
-
-    def _release(self, key: int) -> None:
-        self._refs[key] -= 1
-        if self._refs[key] == 0:
-            del self._refs[key]
-            self.current_bytes -= self._sizes.pop(key)
-
-    def reset_peak(self) -> None:
-        """Start a new peak from the bytes held now."""
-        self.peak_bytes = self.current_bytes
-
-    def __enter__(self) -> Self:
-        self._hooks.__enter__()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._hooks.__exit__(*exc)
-
-
-def state_bytes(model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> int:
-    """Bytes of parameters, their gradients and the optimizer's state (e.g. Adam moments).
-
-    Gradients are counted as one per trainable parameter, whether or not they exist yet.
-    """
-    params = [p for p in model.parameters() if p.requires_grad]
-    total = 2 * sum(p.numel() * p.element_size() for p in params)
-    if optimizer is not None:
-        for state in optimizer.state.values():
-            for value in state.values():
-                if isinstance(value, torch.Tensor):
-                    total += value.numel() * value.element_size()
-    return total
-
 
 # --- training ----------------------------------------------------------------------------
 
@@ -562,7 +463,7 @@ def plot_figure3(sweep: Sequence[dict[str, Any]], batches: Sequence[dict[str, An
         The paths written, in the order a, b, c, d.
     """
     plt, sns = _setup_matplotlib()
-    from cnflow.plots import save_figure
+    from cnflow.report import save_figure
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -638,7 +539,7 @@ def plot_memory_vs_depth(rows: Sequence[dict[str, Any]], path: str | Path) -> Pa
     plt, _ = _setup_matplotlib()
     from matplotlib.ticker import NullFormatter, ScalarFormatter
 
-    from cnflow.plots import save_figure
+    from cnflow.report import save_figure
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -401,7 +401,7 @@ def _figure(table, sets, models, path: Path) -> None:
     import matplotlib.pyplot as plt
     import seaborn as sns
 
-    from cnflow.plots import save_figure
+    from cnflow.report import save_figure
 
     sns.set_theme(style="whitegrid")
     fig, axes = plt.subplots(1, len(sets), figsize=(2.2 * len(sets), 3.6))
