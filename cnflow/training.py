@@ -66,7 +66,7 @@ from cnflow.runs import save_checkpoint
 from cnflow.solvers import ODESolverError
 from cnflow.validation import check_choice, check_float, check_int
 
-LR_SCHEDULES = ("cosine", "constant")
+LR_SCHEDULES = ("cosine", "exponential", "constant")
 # Rows, or rows with their context: ``x`` of shape (n, dim) or ``(x, c)`` with c (n, k).
 Rows = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
 
@@ -82,8 +82,11 @@ class TrainConfig:
             this many steps (validation, patience and checkpoints count in epochs).
         batch_size: rows per minibatch.
         lr: Adam's learning rate.
-        lr_schedule: ``"cosine"`` (decay to 1 % over the run: ``epochs`` epochs, or the
-            ``max_time`` budget if that comes first) or ``"constant"``.
+        lr_schedule: ``"cosine"`` (a half cosine from ``lr`` to ``lr * lr_final`` over the
+            run: ``epochs`` epochs, or the ``max_time`` budget if that comes first),
+            ``"exponential"`` (geometric decay to ``lr * lr_final``) or ``"constant"``.
+        lr_final: the learning rate at the end of the run relative to ``lr`` (0 is allowed
+            for the cosine).
         weight_decay: Adam's L2 penalty.
         grad_clip: clip the gradient's global norm to this value; None for no clipping.
         patience: stop after this many validations without a new best; None never stops
@@ -102,6 +105,7 @@ class TrainConfig:
     batch_size: int = 512
     lr: float = 1e-2
     lr_schedule: str = "cosine"
+    lr_final: float = 0.01
     weight_decay: float = 0.0
     grad_clip: float | None = None
     patience: int | None = 10
@@ -121,6 +125,8 @@ class TrainConfig:
         check_int("max_steps", self.max_steps, optional=True)
         check_int("seed", self.seed, minimum=0)
         check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
+        check_float("lr_final", self.lr_final, maximum=1,
+                    allow_minimum=self.lr_schedule != "exponential")
 
     def loop_settings(self) -> dict[str, Any]:
         """Only the fields of :class:`TrainConfig` (a subclass may add its own)."""
@@ -467,7 +473,10 @@ def fit(model: nn.Module, train: Rows | tuple[torch.Tensor, ...] | EndlessSample
         progress = history.steps / total_steps
         if config.max_time is not None:
             progress = max(progress, (time.process_time() - cpu_start) / config.max_time)
-        return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+        progress = min(progress, 1.0)
+        if config.lr_schedule == "exponential":
+            return config.lr_final ** progress
+        return config.lr_final + (1 - config.lr_final) * 0.5 * (1 + math.cos(math.pi * progress))
 
     history = History()
     best_weights = copy.deepcopy(model.state_dict())

@@ -40,6 +40,8 @@ def test_config_rejects_bad_values():
                          ({"max_time": float("nan")}, "max_time")]:
         with pytest.raises(ValueError, match=name):
             TrainConfig(**kwargs)
+    with pytest.raises(ValueError, match="lr_final must be a finite number > 0"):
+        TrainConfig(lr_schedule="exponential", lr_final=0.0)
 
 
 def test_fit_lowers_the_validation_nll_and_records_each_epoch():
@@ -309,7 +311,9 @@ def test_step_and_epoch_hooks_see_every_step_and_extend_the_records(tmp_path):
     assert [r["tag"] for r in saved["loop"]["records"]] == [10, 20]
 
 
-def test_the_cosine_schedule_decays_to_one_percent_through_lr_scheduler():
+@pytest.mark.parametrize("schedule, final", [("cosine", 0.01), ("cosine", 0.0),
+                                             ("exponential", 0.1)])
+def test_the_schedules_decay_to_lr_final_through_lr_scheduler(schedule, final):
     x, y = _two_gaussians(100, 0)
     steps = []
 
@@ -318,9 +322,11 @@ def test_the_cosine_schedule_decays_to_one_percent_through_lr_scheduler():
         return loss, loss.detach()
 
     fit(torch.nn.Linear(2, 2), (x, y), None,
-        TrainConfig(epochs=1, batch_size=10, min_epoch_steps=11, lr=0.1),
+        TrainConfig(epochs=1, batch_size=10, min_epoch_steps=11, lr=0.1, lr_schedule=schedule,
+                    lr_final=final),
         objective=objective, on_step=steps.append, progress=False)
-    rates = [s["lr"] for s in steps]
-    expected = [0.1 * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * k / len(rates))))
-                for k in range(len(rates))]
+    rates = np.array([s["lr"] for s in steps])
+    progress = np.arange(len(rates)) / len(rates)
+    expected = 0.1 * (final ** progress if schedule == "exponential"
+                      else final + (1 - final) * 0.5 * (1 + np.cos(np.pi * progress)))
     np.testing.assert_allclose(rates, expected, rtol=1e-12)
