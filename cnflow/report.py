@@ -12,10 +12,12 @@ Example:
 from __future__ import annotations
 
 import io
+import math
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -25,7 +27,7 @@ if TYPE_CHECKING:  # typing.Self needs Python 3.11; only type checkers read this
     from matplotlib.figure import Figure
     from typing_extensions import Self
 
-__all__ = ["SavedTensorMemory", "markdown_table", "pyplot", "save_figure", "state_bytes"]
+__all__ = ["SavedTensorMemory", "markdown_table", "mean_and_stderr", "pyplot", "save_figure", "state_bytes"]
 
 
 def markdown_table(header: Sequence[Any], rows: Iterable[Sequence[Any]]) -> str:
@@ -54,6 +56,14 @@ def pyplot():
 
     sns.set_theme(style="whitegrid", context="paper")
     return plt
+
+
+def mean_and_stderr(values: np.ndarray) -> tuple[float, float]:
+    """Mean and its standard error (``scipy.stats.sem``; NaN for fewer than two values)."""
+    from scipy.stats import sem
+
+    values = np.asarray(values, dtype=np.float64)
+    return float(values.mean()), float(sem(values)) if len(values) > 1 else math.nan
 
 
 def save_figure(fig: Figure, path: str | Path, dpi: int = 120) -> None:
