@@ -1,4 +1,5 @@
-"""Tests for :mod:`cnflow.data.tables`, the reader of users' CSV and .npy tables."""
+"""Tests for :mod:`cnflow.data.tables` and :mod:`cnflow.data.table_formats`, the reader of
+users' CSV and .npy tables."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cnflow.data import tables
+from cnflow.data import table_formats
 from cnflow.data.tables import DataError, Table, parse_columns, read_table, split_rows
 
 
@@ -241,7 +242,7 @@ def test_unreadable_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     def refuse(*args, **kwargs):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(tables, "open", refuse, raising=False)  # works even when run as root
+    monkeypatch.setattr(table_formats, "open", refuse, raising=False)  # works even when run as root
     message = error(path)
     assert "data.csv" in message and "cannot open" in message and "Permission denied" in message
 
