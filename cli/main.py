@@ -11,6 +11,7 @@ from cnflow.cli.classify import classify
 from cnflow.cli.compare import compare
 from cnflow.cli.flows import RankFailure, datasets, fit, logprob, sample
 from cnflow.cli.latent import latent
+from cnflow.cli.reproduce import reproduce
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -19,7 +20,8 @@ def cli() -> None:
     """cnflow: continuous normalizing flows and neural ODEs in PyTorch."""
 
 
-for _command in (fit, sample, logprob, datasets, compare, classify, latent, benchmark):
+for _command in (fit, sample, logprob, datasets, compare, classify, latent, benchmark,
+                 reproduce):
     cli.add_command(_command)
 
 

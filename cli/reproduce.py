@@ -1,0 +1,101 @@
+"""``cnflow reproduce NAME``: regenerate one report of ``results/`` with the commands that
+wrote it.
+
+:data:`REPRODUCTIONS` is the one record of how every committed report is made: each entry
+names its Markdown file and the ``cnflow`` command lines that write it (and its folder of
+figures and JSON), run in order. Every report states the same command lines (a test checks
+that they agree), so a reader of ``results/`` can rerun one by hand, or by name here.
+"""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass
+
+import click
+
+
+@dataclass(frozen=True)
+class Reproduction:
+    """How one report of ``results/`` is made.
+
+    Attributes:
+        report: the Markdown file, relative to the repository root.
+        commands: ``cnflow`` command lines, run in this order.
+        cost: roughly what the run takes, for the listing.
+    """
+
+    report: str
+    commands: tuple[str, ...]
+    cost: str
+
+
+REPRODUCTIONS: dict[str, Reproduction] = {
+    "cnf": Reproduction("results/cnf.md", (
+        "cnflow benchmark cnf --out results/cnf.md",), "about 15 CPU-minutes"),
+    "solver": Reproduction("results/solver.md", (
+        "cnflow benchmark solver --out results/solver.md",), "a few CPU-minutes"),
+    "ddp": Reproduction("results/ddp.md", (
+        "cnflow benchmark ddp --processes 2 --repeats 3 --out results/ddp.md",),
+        "about 20 minutes on 2 cores"),
+    "tabular": Reproduction("results/tabular.md", (
+        ("cnflow benchmark tabular --sets wine,breast_cancer,digits,mnist_pca16,mix4,mix8,mix16 "
+        "--models cnflow,zuko_nsf,zuko_maf,zuko_cnf --seeds 3 --budget 60 --jobs 2 "
+        "--sweep-sets mix8,mnist_pca16,breast_cancer,digits --full-runs "
+        "--out results/tabular.md"),), "several hours on 2 cores (fits are cached)"),
+    "flow_matching": Reproduction("results/flow_matching.md", (
+        ("cnflow benchmark flow-matching --seeds 3 --budget 60 --jobs 2 "
+        "--out results/flow_matching.md"),), "about an hour on 2 cores"),
+    "latent_ode": Reproduction("results/latent_ode.md", (
+        ("cnflow latent --model both --n-obs 30 --n-obs 50 --n-obs 100 --iterations 2500 "
+        "--rnn-iterations 2500 --batch-size 200 --lr 0.01 --final-lr-factor 0.1 "
+        "--time-subsample 30 --rtol 0.001 --atol 0.0001 --gradient adjoint --eval-every 100 "
+        "--seed 0 --threads 1 --device cpu --no-poisson --train-future "
+        "--out results/latent_ode --md results/latent_ode.md"),), "about 60 CPU-minutes"),
+    "latent_ode_window_only": Reproduction("results/latent_ode_window_only.md", (
+        ("cnflow latent --model both --n-obs 30 --n-obs 50 --n-obs 100 --iterations 2500 "
+        "--rnn-iterations 2500 --batch-size 200 --lr 0.01 --final-lr-factor 0.1 "
+        "--time-subsample 30 --rtol 0.001 --atol 0.0001 --gradient adjoint --eval-every 100 "
+        "--seed 0 --threads 1 --device cpu --no-poisson --window-only "
+        "--out results/latent_ode_window_only --md results/latent_ode_window_only.md"),),
+        "about 45 CPU-minutes"),
+    "comparisons": Reproduction("results/comparisons.md", (
+        ("cnflow compare density-matching --targets U1,U2,U3,U4 --nf-layers 2,8,32 "
+        "--cnf-widths 2,8,32 --seeds 0,1 --nf-iterations 20000 --cnf-iterations 2000 "
+        "--batch-size 256 --nf-lr 0.003 --cnf-lr 0.01 --eval-samples 10000 --grid 80 "
+        "--box-wall 100.0 --jobs 2 --threads 1 --out results/comparisons --overwrite"),
+        ("cnflow compare mle --datasets two_circles,two_moons --nf-layers 64 --cnf-width 64 "
+        "--seed 0 --nf-iterations 1500 --cnf-iterations 500 --batch-size 512 --nf-lr 0.005 "
+        "--cnf-lr 0.01 --test-size 20000 --grid 120 --figure-samples 20000 --threads 1 "
+        "--out results/comparisons --overwrite"),
+        "cnflow compare report --out results/comparisons --md results/comparisons.md",
+    ), "about 45 CPU-minutes"),
+}
+
+
+@click.command("reproduce")
+@click.argument("names", nargs=-1)
+@click.option("--dry-run", is_flag=True, help="Print the command lines; run nothing.")
+@click.pass_context
+def reproduce(ctx: click.Context, names: tuple[str, ...], dry_run: bool) -> None:
+    """Regenerate reports of results/ by NAME (no NAME: list them with their commands).
+
+    Run it from the repository root: the commands write into results/.
+    """
+    if not names:
+        for name, entry in REPRODUCTIONS.items():
+            click.echo(f"{name}: {entry.report} ({entry.cost})")
+            for command in entry.commands:
+                click.echo(f"    {command}")
+        return
+    unknown = [n for n in names if n not in REPRODUCTIONS]
+    if unknown:
+        raise click.BadParameter(f"unknown {', '.join(map(repr, unknown))}; choose from "
+                                 f"{', '.join(REPRODUCTIONS)}", param_hint="NAME")
+    root = ctx.find_root().command
+    for name in names:
+        for command in REPRODUCTIONS[name].commands:
+            click.echo(f"$ {command}", err=True)
+            if not dry_run:
+                # The same group this command belongs to: the line runs as typed.
+                root.main(shlex.split(command)[1:], prog_name="cnflow", standalone_mode=False)
