@@ -137,7 +137,7 @@ class _StepRecorder:
         """:func:`fit` on ``rows`` with the cross-entropy objective and these hooks."""
         mine = {id(p) for p in self.model.parameters()}
 
-        def find(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        def find(optimizer: torch.optim.Optimizer, *_: Any) -> None:
             if self.optimizer is None and any(id(p) in mine for group in optimizer.param_groups
                                               for p in group["params"]):
                 self.optimizer = optimizer
