@@ -5,10 +5,12 @@ Three sources, one container (:class:`ClassificationData`):
 * :func:`load_mnist` reads the standard 60,000/10,000 MNIST split from a directory of IDX
   files (gzip-compressed or not).
 * :func:`load_mnist_offline` splits the official 10,000-image MNIST *test* set that ships
-  with cnflow (``cnflow/data/mnist/t10k-*.gz``) into 8,000 train / 2,000 test images with a
-  fixed seed. It is named ``"MNIST-t10k split 8000/2000"`` so that no number measured on it
-  is mistaken for a full-MNIST result.
+  with cnflow (``cnflow/data/mnist/t10k-*.gz``) into 8,000 train / 2,000 test images,
+  stratified by label, with a fixed seed. It is named ``"MNIST-t10k split 8000/2000"`` so
+  that no number measured on it is mistaken for a full-MNIST result.
 * :func:`load_digits` wraps sklearn's 1,797 8x8 digits, small enough for unit tests.
+* :func:`load_named` loads any of them by the name the command line uses
+  (:data:`DATA_NAMES`).
 
 The IDX reader checks everything a truncated, corrupt or mislabelled file can get wrong
 (magic number, element type, rank, size, image/label count) and raises
@@ -31,28 +33,36 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cnflow.validation import check_float, check_int
+from cnflow.validation import check_choice, check_float, check_int
 
 __all__ = [
+    "DATA_NAMES",
     "MAX_IDX_BYTES",
     "OFFLINE_DIR",
     "OFFLINE_SPLIT_SEED",
     "ClassificationData",
     "IDXFormatError",
+    "check_data_name",
     "find_mnist_files",
     "load_digits",
     "load_idx_pair",
     "load_mnist",
     "load_mnist_offline",
+    "load_named",
     "read_idx",
 ]
 
 #: Folder of the packaged MNIST test set (10,000 images, official IDX files).
 OFFLINE_DIR = Path(__file__).resolve().parent / "mnist"
 
-#: Seed of the offline 8,000/2,000 split. It seeds numpy's legacy ``RandomState``, whose
-#: stream numpy keeps stable across versions, so the split is the same everywhere.
+#: Seed of the offline 8,000/2,000 split: the ``random_state`` of scikit-learn's
+#: stratified ``train_test_split``, which draws from numpy's legacy ``RandomState`` (a
+#: stream numpy keeps stable across versions).
 OFFLINE_SPLIT_SEED = 0
+
+#: The data sets by the names of ``cnflow classify --data``: the offline MNIST-t10k split,
+#: sklearn's digits, and full MNIST from a folder of IDX files.
+DATA_NAMES = ("offline", "digits", "idx")
 
 # IDX element-type codes (third byte of the magic number) and their big-endian dtypes.
 _IDX_DTYPES = {
@@ -294,17 +304,29 @@ def load_mnist(directory: str | os.PathLike) -> ClassificationData:
     return ClassificationData("MNIST", x_train, y_train, x_test, y_test)
 
 
+def _stratified_split(name: str, x: torch.Tensor, y: torch.Tensor, n_test: int,
+                      seed: int) -> ClassificationData:
+    """``n_test`` images held out for testing, every class in the same share in both parts
+    (scikit-learn's ``train_test_split(..., stratify=y)``)."""
+    from sklearn.model_selection import train_test_split
+
+    train, test = train_test_split(np.arange(len(y)), test_size=n_test, stratify=y.numpy(),
+                                   random_state=seed)
+    train, test = torch.from_numpy(train), torch.from_numpy(test)
+    return ClassificationData(name, x[train], y[train], x[test], y[test])
+
+
 def load_mnist_offline(n_train: int = 8000, *, seed: int = OFFLINE_SPLIT_SEED,
                        directory: str | os.PathLike | None = None) -> ClassificationData:
     """The official 10,000-image MNIST test set, split into train and test with a fixed seed.
 
-    This is *not* full MNIST: the 60,000 training images are not shipped. The split is a
-    permutation from ``numpy.random.RandomState(seed)``; the first ``n_train`` images train,
-    the rest test.
+    This is *not* full MNIST: the 60,000 training images are not shipped. The split is
+    stratified by label (every digit has the same share of the train and the test part),
+    drawn with ``seed``.
 
     Args:
         n_train: Training images to take (the rest are the test set).
-        seed: Seed of the permutation.
+        seed: Seed of the split.
         directory: Folder with ``t10k-images-idx3-ubyte.gz`` and ``t10k-labels-idx1-ubyte.gz``;
             the copy packaged with cnflow when None.
 
@@ -312,20 +334,19 @@ def load_mnist_offline(n_train: int = 8000, *, seed: int = OFFLINE_SPLIT_SEED,
         The data set, named ``"MNIST-t10k split {n_train}/{10000 - n_train}"``.
 
     Raises:
-        ValueError: ``n_train`` leaves no training or no test image.
+        ValueError: ``n_train`` leaves fewer than 10 training or test images (one per class).
         FileNotFoundError, IDXFormatError: As :func:`load_idx_pair`.
     """
     images_path, labels_path = find_mnist_files(OFFLINE_DIR if directory is None else directory,
                                                 "t10k")
     x, y = load_idx_pair(images_path, labels_path)
     n = len(y)
-    check_int("n_train", n_train, maximum=n - 1)
-    order = torch.from_numpy(np.random.RandomState(seed).permutation(n))
-    train, test = order[:n_train], order[n_train:]
+    classes = len(torch.unique(y))
+    check_int("n_train", n_train, minimum=classes, maximum=n - classes)
     name = f"MNIST-t10k split {n_train}/{n - n_train}"
     if seed != OFFLINE_SPLIT_SEED:
         name += f" (seed {seed})"
-    return ClassificationData(name, x[train], y[train], x[test], y[test])
+    return _stratified_split(name, x, y, n - n_train, seed)
 
 
 def load_digits(test_fraction: float = 0.2, *, seed: int = 0) -> ClassificationData:
@@ -333,7 +354,7 @@ def load_digits(test_fraction: float = 0.2, *, seed: int = 0) -> ClassificationD
 
     Args:
         test_fraction: Share of the images held out for testing, in ``(0, 1)``.
-        seed: Seed of the split (numpy ``RandomState``).
+        seed: Seed of the split (stratified by label, like :func:`load_mnist_offline`'s).
 
     Returns:
         The data set, named ``"sklearn digits 8x8 split {n_train}/{n_test}"``; images are scaled
@@ -342,15 +363,43 @@ def load_digits(test_fraction: float = 0.2, *, seed: int = 0) -> ClassificationD
     Raises:
         ValueError: ``test_fraction`` is not strictly between 0 and 1.
     """
-    from sklearn.datasets import load_digits as _sk_load_digits
+    from sklearn.datasets import load_digits as sklearn_digits
 
     check_float("test_fraction", test_fraction, maximum=1, allow_maximum=False)
-    bunch = _sk_load_digits()
+    bunch = sklearn_digits()
     x = torch.from_numpy(bunch.images.astype(np.float32) / 16.0).unsqueeze(1)
     y = torch.from_numpy(bunch.target.astype(np.int64))
     n = len(y)
-    n_test = max(1, round(test_fraction * n))
-    order = torch.from_numpy(np.random.RandomState(seed).permutation(n))
-    train, test = order[:n - n_test], order[n - n_test:]
-    name = f"sklearn digits 8x8 split {n - n_test}/{n_test}"
-    return ClassificationData(name, x[train], y[train], x[test], y[test])
+    classes = len(torch.unique(y))
+    # Stratifying needs at least one image of every class in each part.
+    n_test = min(max(classes, round(test_fraction * n)), n - classes)
+    return _stratified_split(f"sklearn digits 8x8 split {n - n_test}/{n_test}", x, y, n_test,
+                             seed)
+
+
+def check_data_name(name: str, directory: str | os.PathLike | None = None) -> None:
+    """Refuse a name not in :data:`DATA_NAMES`, an ``"idx"`` without its folder and a folder
+    for any other data set, naming the setting (``data``, ``data_dir``) and its value."""
+    check_choice("data", name, DATA_NAMES)
+    if (name == "idx") != (directory is not None):
+        raise ValueError(f"data_dir={None if directory is None else str(directory)!r} with "
+                         f"data={name!r}: a folder of MNIST IDX files is given with data='idx' "
+                         "and only then")
+
+
+def load_named(name: str, directory: str | os.PathLike | None = None) -> ClassificationData:
+    """The data set called ``name`` in :data:`DATA_NAMES`, with its default split.
+
+    Args:
+        name: ``"offline"`` (:func:`load_mnist_offline`), ``"digits"`` (:func:`load_digits`)
+            or ``"idx"`` (:func:`load_mnist` from ``directory``).
+        directory: The IDX folder; required for ``"idx"`` and refused for the others.
+
+    Raises:
+        ValueError: ``name`` is unknown, or ``directory`` is missing or superfluous.
+        FileNotFoundError, IDXFormatError: As the loaders.
+    """
+    check_data_name(name, directory)
+    if name == "idx":
+        return load_mnist(directory)
+    return load_digits() if name == "digits" else load_mnist_offline()

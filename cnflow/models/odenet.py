@@ -1,21 +1,22 @@
-"""ODE-Net classifiers of Section 3 of Chen et al. (2018) and their baselines.
+"""ODE-Net (Section 3 of Chen et al., 2018): an ODE block inside a convolutional classifier.
 
 * :class:`ODEBlock` integrates any dynamics ``f(t, h)`` from ``t = 0`` to ``t = 1`` with
   cnflow's solver, with a chosen method, tolerances and gradient mode, and reports the
   forward and backward number of function evaluations (NFE) of its last call from the
-  solver's own statistics.
+  solver's own statistics (:func:`block_nfe` sums them over a model's blocks).
 * :class:`ODENet`: a downsampling stem (the input is downsampled twice; 64 channels, group
-  norm), one ODE block whose dynamics are two 3x3 convolutions that see time as an extra
-  input channel, then group norm, global average pooling and a linear head (about 0.21 M
-  parameters on MNIST).
-* :class:`RKNet`: the same network, trained by backpropagating directly through the
-  Runge-Kutta solve instead of through the adjoint.
-* :class:`ResNet`: the same stem and head around 6 residual blocks (about 0.58 M
-  parameters).
-* :class:`MLP`: one hidden layer of 300 units (about 0.24 M parameters on MNIST).
+  norm), one ODE block whose dynamics (:class:`ConvODEFunc`) are two 3x3 convolutions that
+  see time as an extra input channel (:class:`ConcatConv2d`), then group norm, global
+  average pooling and a linear head (about 0.21 M parameters on MNIST).
+* :func:`downsampling_stem`, :func:`classifier_head` and :func:`group_norm` are the pieces
+  that the paper's baselines (:mod:`cnflow.experiments.odenet.baselines`) share with it.
 
 The architecture follows the reference implementation that accompanies the paper
 (torchdiffeq's ``examples/odenet_mnist.py``).
+
+Example:
+    >>> count_parameters(ODENet())
+    208266
 """
 
 from __future__ import annotations
@@ -27,30 +28,23 @@ from torch import nn
 
 import cnflow
 from cnflow.solvers import ADAPTIVE_METHODS, FIXED_STEP_METHODS, GRADIENT_MODES
-from cnflow.validation import check_float, check_int
+from cnflow.validation import check_choice, check_float, check_int
 
 __all__ = [
-    "ADAPTIVE_METHODS",
-    "FIXED_STEP_METHODS",
-    "GRADIENT_MODES",
-    "MLP",
-    "MODEL_NAMES",
     "ConcatConv2d",
     "ConvODEFunc",
     "ODEBlock",
     "ODENet",
-    "RKNet",
-    "ResBlock",
-    "ResNet",
-    "build_classifier",
+    "block_nfe",
+    "classifier_head",
     "count_parameters",
+    "downsampling_stem",
+    "group_norm",
     "ode_blocks",
 ]
 
-MODEL_NAMES = ("mlp", "resnet", "rknet", "odenet")
 
-
-def _group_norm(channels: int) -> nn.GroupNorm:
+def group_norm(channels: int) -> nn.GroupNorm:
     """Group norm with up to 32 groups, as in the reference ODE-Net."""
     return nn.GroupNorm(min(32, channels), channels)
 
@@ -94,11 +88,11 @@ class ConvODEFunc(nn.Module):
 
     def __init__(self, channels: int) -> None:
         super().__init__()
-        self.norm1 = _group_norm(channels)
+        self.norm1 = group_norm(channels)
         self.conv1 = ConcatConv2d(channels, channels)
-        self.norm2 = _group_norm(channels)
+        self.norm2 = group_norm(channels)
         self.conv2 = ConcatConv2d(channels, channels)
-        self.norm3 = _group_norm(channels)
+        self.norm3 = group_norm(channels)
         self.relu = nn.ReLU()
 
     def forward(self, t: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
@@ -141,11 +135,8 @@ class ODEBlock(nn.Module):
         super().__init__()
         if not isinstance(func, nn.Module):
             raise TypeError(f"func must be a torch.nn.Module, got {type(func).__name__}")
-        if method not in FIXED_STEP_METHODS + ADAPTIVE_METHODS:
-            raise ValueError(f"method={method!r} is not one of "
-                             f"{', '.join(FIXED_STEP_METHODS + ADAPTIVE_METHODS)}")
-        if gradient not in GRADIENT_MODES:
-            raise ValueError(f"gradient={gradient!r} is not one of {', '.join(GRADIENT_MODES)}")
+        check_choice("method", method, FIXED_STEP_METHODS + ADAPTIVE_METHODS)
+        check_choice("gradient", gradient, GRADIENT_MODES)
         for name, tol in (("rtol", rtol), ("atol", atol)):
             check_float(name, tol)
         if method in FIXED_STEP_METHODS:
@@ -219,9 +210,9 @@ def downsampling_stem(in_channels: int, channels: int, padding: int = 0) -> nn.S
     """
     return nn.Sequential(
         nn.Conv2d(in_channels, channels, 3, 1, padding),
-        _group_norm(channels), nn.ReLU(),
+        group_norm(channels), nn.ReLU(),
         nn.Conv2d(channels, channels, 4, 2, 1),
-        _group_norm(channels), nn.ReLU(),
+        group_norm(channels), nn.ReLU(),
         nn.Conv2d(channels, channels, 4, 2, 1),
     )
 
@@ -229,7 +220,7 @@ def downsampling_stem(in_channels: int, channels: int, padding: int = 0) -> nn.S
 def classifier_head(channels: int, num_classes: int) -> nn.Sequential:
     """Group norm, ReLU, global average pooling and a linear layer."""
     return nn.Sequential(
-        _group_norm(channels), nn.ReLU(),
+        group_norm(channels), nn.ReLU(),
         nn.AdaptiveAvgPool2d((1, 1)), nn.Flatten(),
         nn.Linear(channels, num_classes),
     )
@@ -272,153 +263,6 @@ class ODENet(nn.Module):
         return self.head(self.odeblock(self.stem(x)))
 
 
-class RKNet(ODENet):
-    """ODE-Net trained by backpropagating directly through the Runge-Kutta solve.
-
-    Same architecture, solver and tolerances as :class:`ODENet`; only the gradient differs:
-    the solver's internal operations are recorded by autograd, so memory grows with the
-    number of function evaluations.
-
-    Args:
-        in_channels: Image channels.
-        num_classes: Output classes.
-        channels: Width of the stem and of the ODE state.
-        method: Solver method.
-        rtol: Relative tolerance.
-        atol: Absolute tolerance.
-        step_size: Step of fixed-step methods.
-        stem_padding: Padding of the stem's first conv.
-    """
-
-    def __init__(self, *, in_channels: int = 1, num_classes: int = 10, channels: int = 64,
-                 method: str = "dopri5", rtol: float = 1e-3, atol: float = 1e-3,
-                 step_size: float | None = None, stem_padding: int = 0) -> None:
-        super().__init__(in_channels=in_channels, num_classes=num_classes, channels=channels,
-                         method=method, rtol=rtol, atol=atol, gradient="direct",
-                         step_size=step_size, stem_padding=stem_padding)
-
-
-class ResBlock(nn.Module):
-    """Pre-activation residual block: ``x + conv(relu(norm(conv(relu(norm(x))))))``."""
-
-    def __init__(self, channels: int) -> None:
-        super().__init__()
-        self.norm1 = _group_norm(channels)
-        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
-        self.norm2 = _group_norm(channels)
-        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
-        self.relu = nn.ReLU()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Residual update of ``x``."""
-        out = self.conv1(self.relu(self.norm1(x)))
-        out = self.conv2(self.relu(self.norm2(out)))
-        return x + out
-
-
-class ResNet(nn.Module):
-    """Stem, ``num_blocks`` residual blocks, head (the paper's ResNet baseline).
-
-    Args:
-        in_channels: Image channels.
-        num_classes: Output classes.
-        channels: Width.
-        num_blocks: Residual blocks (6 in the paper).
-        stem_padding: Padding of the stem's first conv.
-    """
-
-    def __init__(self, *, in_channels: int = 1, num_classes: int = 10, channels: int = 64,
-                 num_blocks: int = 6, stem_padding: int = 0) -> None:
-        super().__init__()
-        check_int("in_channels", in_channels)
-        check_int("num_classes", num_classes)
-        check_int("channels", channels)
-        check_int("num_blocks", num_blocks)
-        check_int("stem_padding", stem_padding, minimum=0)
-        self.stem = downsampling_stem(in_channels, channels, stem_padding)
-        self.blocks = nn.Sequential(*(ResBlock(channels) for _ in range(num_blocks)))
-        self.head = classifier_head(channels, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Class logits of images ``x`` of shape ``(N, in_channels, H, W)``."""
-        return self.head(self.blocks(self.stem(x)))
-
-
-class MLP(nn.Module):
-    """One-hidden-layer perceptron on flattened images (the paper's 1-layer MLP).
-
-    Args:
-        in_features: Pixels per image (784 for MNIST).
-        num_classes: Output classes.
-        hidden: Hidden units (300 in the paper).
-    """
-
-    def __init__(self, *, in_features: int = 784, num_classes: int = 10,
-                 hidden: int = 300) -> None:
-        super().__init__()
-        check_int("in_features", in_features)
-        check_int("num_classes", num_classes)
-        check_int("hidden", hidden)
-        self.net = nn.Sequential(nn.Flatten(), nn.Linear(in_features, hidden), nn.ReLU(),
-                                 nn.Linear(hidden, num_classes))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Class logits of images ``x`` of shape ``(N, ...)``."""
-        return self.net(x)
-
-
-def build_classifier(name: str, *, in_channels: int = 1, image_size: int = 28,
-                     num_classes: int = 10, channels: int = 64, num_blocks: int = 6,
-                     hidden: int = 300, method: str = "dopri5", rtol: float = 1e-3,
-                     atol: float = 1e-3, gradient: str = "adjoint",
-                     step_size: float | None = None,
-                     adjoint_options: dict[str, Any] | None = None) -> nn.Module:
-    """Build one of the four classifiers of Table 1 by name.
-
-    Args:
-        name: ``"mlp"``, ``"resnet"``, ``"rknet"`` or ``"odenet"``.
-        in_channels: Image channels.
-        image_size: Image side length (used by the MLP only).
-        num_classes: Output classes.
-        channels: Width of the convolutional models.
-        num_blocks: Residual blocks of the ResNet.
-        hidden: Hidden units of the MLP.
-        method: Solver of ODE-Net and RK-Net.
-        rtol: Relative tolerance of ODE-Net and RK-Net.
-        atol: Absolute tolerance of ODE-Net and RK-Net.
-        gradient: Gradient mode of ODE-Net (RK-Net always uses ``"direct"``).
-        step_size: Step of fixed-step methods.
-        adjoint_options: Extra options of ODE-Net's adjoint solve.
-
-    Images smaller than 16 pixels (sklearn's 8x8 digits) get ``stem_padding=1`` so that the
-    convolutional models keep a 2x2 feature map; MNIST gets the paper's unpadded stem.
-
-    Returns:
-        The model, freshly initialised.
-
-    Raises:
-        ValueError: ``name`` is unknown or an argument is out of range.
-    """
-    if name == "mlp":
-        return MLP(in_features=in_channels * image_size * image_size, num_classes=num_classes,
-                   hidden=hidden)
-    check_int("image_size", image_size)
-    padding = 0 if image_size >= 16 else 1
-    if name == "resnet":
-        return ResNet(in_channels=in_channels, num_classes=num_classes, channels=channels,
-                      num_blocks=num_blocks, stem_padding=padding)
-    if name == "rknet":
-        return RKNet(in_channels=in_channels, num_classes=num_classes, channels=channels,
-                     method=method, rtol=rtol, atol=atol, step_size=step_size,
-                     stem_padding=padding)
-    if name == "odenet":
-        return ODENet(in_channels=in_channels, num_classes=num_classes, channels=channels,
-                      method=method, rtol=rtol, atol=atol, gradient=gradient,
-                      step_size=step_size, adjoint_options=adjoint_options,
-                      stem_padding=padding)
-    raise ValueError(f"model name={name!r} is not one of {', '.join(MODEL_NAMES)}")
-
-
 def count_parameters(model: nn.Module) -> int:
     """Number of trainable parameters of ``model``."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -427,3 +271,17 @@ def count_parameters(model: nn.Module) -> int:
 def ode_blocks(model: nn.Module) -> list[ODEBlock]:
     """All :class:`ODEBlock` submodules of ``model``, in registration order."""
     return [m for m in model.modules() if isinstance(m, ODEBlock)]
+
+
+def block_nfe(model: nn.Module) -> tuple[int | None, int | None]:
+    """Forward and backward NFE of the last call, summed over the ODE blocks of ``model``.
+
+    Each is None where no block counted one: a model without ODE blocks, no backward pass
+    yet, or a gradient mode whose backward the solver does not count (``"direct"``).
+    """
+    def total(values: list[int | None]) -> int | None:
+        counted = [v for v in values if v is not None]
+        return sum(counted) if counted else None
+
+    blocks = ode_blocks(model)
+    return (total([b.nfe_forward for b in blocks]), total([b.nfe_backward for b in blocks]))
