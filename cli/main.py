@@ -7,7 +7,7 @@ import sys
 
 import click
 from cnflow.cli.benchmark import benchmark
-from cnflow.cli.classify import classify
+from cnflow.cli.classify import classify, odenet_results
 from cnflow.cli.compare import compare
 from cnflow.cli.flows import RankFailure, datasets, fit, logprob, sample
 from cnflow.cli.latent import latent
@@ -20,8 +20,8 @@ def cli() -> None:
     """cnflow: continuous normalizing flows and neural ODEs in PyTorch."""
 
 
-for _command in (fit, sample, logprob, datasets, compare, classify, latent, benchmark,
-                 reproduce):
+for _command in (fit, sample, logprob, datasets, compare, classify, odenet_results, latent,
+                 benchmark, reproduce):
     cli.add_command(_command)
 
 

@@ -46,6 +46,8 @@ REPRODUCTIONS: dict[str, Reproduction] = {
     "flow_matching": Reproduction("results/flow_matching.md", (
         ("cnflow benchmark flow-matching --seeds 3 --budget 60 --jobs 2 "
         "--out results/flow_matching.md"),), "about an hour on 2 cores"),
+    "odenet": Reproduction("results/odenet.md", (
+        "cnflow odenet-results --overwrite",), "about 25 CPU-minutes"),
     "latent_ode": Reproduction("results/latent_ode.md", (
         ("cnflow latent --model both --n-obs 30 --n-obs 50 --n-obs 100 --iterations 2500 "
         "--rnn-iterations 2500 --batch-size 200 --lr 0.01 --final-lr-factor 0.1 "

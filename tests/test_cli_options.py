@@ -7,7 +7,6 @@ from dataclasses import dataclass
 
 import click
 from click.testing import CliRunner
-
 from cnflow.cli.options import build_config, config_options, field_help
 
 

@@ -40,10 +40,10 @@ Example:
 
 # TEMPORARY re-export until the experiments import it from cnflow.report.
 from cnflow.report import mean_and_stderr  # noqa: F401
-from cnflow.training.config import LR_SCHEDULES, History, Rows, TrainConfig
+from cnflow.training.config import LR_SCHEDULES, MAX_SEED, History, Rows, TrainConfig
 from cnflow.training.data import EndlessSamples, check_batch_shares, shard_batch
 from cnflow.training.evaluation import evaluate
 from cnflow.training.loop import fit, training_objective
 
-__all__ = ["LR_SCHEDULES", "EndlessSamples", "History", "Rows", "TrainConfig",
+__all__ = ["LR_SCHEDULES", "MAX_SEED", "EndlessSamples", "History", "Rows", "TrainConfig",
            "check_batch_shares", "evaluate", "fit", "shard_batch", "training_objective"]

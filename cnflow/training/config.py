@@ -11,6 +11,9 @@ import torch
 from cnflow.validation import check_choice, check_float, check_int
 
 LR_SCHEDULES = ("cosine", "exponential", "constant")
+# The loop seeds its shuffling with seed * 1_000_003 + epoch and each process's draws with
+# seed + 1_000_003 * rank: below 2**32 both stay inside a generator's 64-bit seed.
+MAX_SEED = 2**32 - 1
 # Rows, or rows with their context: ``x`` of shape (n, dim) or ``(x, c)`` with c (n, k).
 Rows = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
 
@@ -67,7 +70,7 @@ class TrainConfig:
         check_int("patience", self.patience, optional=True)
         check_float("max_time", self.max_time, optional=True)
         check_int("max_steps", self.max_steps, optional=True)
-        check_int("seed", self.seed, minimum=0)
+        check_int("seed", self.seed, minimum=0, maximum=MAX_SEED)
         check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
         check_float("lr_final", self.lr_final, maximum=1,
                     allow_minimum=self.lr_schedule != "exponential")

@@ -28,15 +28,11 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 from cnflow.data.mnist import ClassificationData
 from cnflow.models.odenet import block_nfe
 from cnflow.report import SavedTensorMemory, state_bytes
-from cnflow.training import History, TrainConfig, fit
+from cnflow.training import MAX_SEED, History, TrainConfig, fit
 from cnflow.validation import check_int
 
 __all__ = ["MAX_SEED", "classifier_training", "cross_entropy", "evaluate", "mean_of",
            "measure_training_step", "train_classifier"]
-
-#: Largest training seed: fit seeds each epoch's shuffling with ``seed * 1_000_003 + epoch``,
-#: which must stay a 64-bit torch seed.
-MAX_SEED = 2**32 - 1
 
 
 def classifier_training(*, epochs: int, batch_size: int, lr: float, seed: int = 0
