@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 from cnflow.cli.options import POSITIVE, build_config, config_options
 
-from cnflow.experiments import cnf_bench, gpu_bench
+from cnflow.experiments import cnf_bench, gpu_bench, solver_bench
 from cnflow.experiments.tabular import MODELS as _TABULAR_MODELS
 from cnflow.experiments.tabular import SETS as _TABULAR_SETS
 from cnflow.experiments.tabular import SWEEP_SETS as _SWEEP_SETS
@@ -27,15 +27,15 @@ def benchmark() -> None:
 
 @benchmark.command()
 @click.option("--out", type=click.Path(dir_okay=False, writable=True),
-              default="results/solver.md", show_default=True, help="Markdown report to write.")
-@click.option("--repeats", type=click.IntRange(1), default=5, show_default=True,
-              help="Timed runs per configuration (the median is reported).")
-def solver(out: str, repeats: int) -> None:
+              default="results/solver.md", show_default=True,
+              help="Markdown report to write (its settings go to config.json in a folder "
+                   "of the same name).")
+@config_options(solver_bench.SolverBenchConfig)
+def solver(out: str, **settings) -> None:
     """cnflow vs torchdiffeq, adjoint memory, seminorm NFE (needs the `bench` extra)."""
+    config = build_config(solver_bench.SolverBenchConfig, settings)
     _require_peer("torchdiffeq")
-    from cnflow.experiments.solver_bench import write_report
-
-    click.echo(write_report(out, repeats=repeats))
+    click.echo(solver_bench.run(config, out))
 
 
 @benchmark.command()
