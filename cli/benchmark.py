@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 from cnflow.cli.options import POSITIVE, build_config, config_options
 
-from cnflow.experiments import cnf_bench, gpu_bench, solver_bench
+from cnflow.experiments import cnf_bench, ddp_bench, gpu_bench, solver_bench
 from cnflow.experiments.tabular import MODELS as _TABULAR_MODELS
 from cnflow.experiments.tabular import SETS as _TABULAR_SETS
 from cnflow.experiments.tabular import SWEEP_SETS as _SWEEP_SETS
@@ -135,23 +135,15 @@ def flow_matching(out: str, work: str, seeds: int, budget: float, jobs: int,
 @benchmark.command()
 @click.option("--out", type=click.Path(dir_okay=False, writable=True),
               default="results/ddp.md", show_default=True,
-              help="Markdown report to write (with a .png figure and a .json).")
+              help="Markdown report to write (with a .png figure and a .json; its settings "
+                   "go to config.json in a folder of the same name).")
 @click.option("--work", type=click.Path(file_okay=False), default="results/runs/ddp",
               show_default=True, help="Run directories and the generated table.")
-@click.option("--processes", type=click.IntRange(2), default=2, show_default=True,
-              help="Processes of the torchrun runs (one thread each).")
-@click.option("--repeats", type=click.IntRange(1), default=3, show_default=True,
-              help="Runs per configuration (the median is reported).")
-def ddp(out: str, work: str, processes: int, repeats: int) -> None:
+@config_options(ddp_bench.DDPBenchConfig)
+def ddp(out: str, work: str, **settings) -> None:
     """`cnflow fit` in one process against several under torchrun (gloo on CPU)."""
-    import shlex
-
-    from cnflow.experiments.ddp_bench import write_report
-
-    command = shlex.join(["cnflow", "benchmark", "ddp", "--processes", str(processes),
-                          "--repeats", str(repeats), "--out", out])
-    click.echo(write_report(out, work, command, processes=processes, repeats=repeats,
-                            echo=click.echo))
+    config = build_config(ddp_bench.DDPBenchConfig, settings)
+    click.echo(ddp_bench.run(config, out, work, echo=click.echo))
 
 
 @benchmark.command()
