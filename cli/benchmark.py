@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import click
-from cnflow.cli.options import POSITIVE
+from cnflow.cli.options import POSITIVE, build_config, config_options
 
+from cnflow.experiments import cnf_bench, ddp_bench, gpu_bench, solver_bench
 from cnflow.experiments.tabular import MODELS as _TABULAR_MODELS
 from cnflow.experiments.tabular import SETS as _TABULAR_SETS
 from cnflow.experiments.tabular import SWEEP_SETS as _SWEEP_SETS
@@ -26,32 +27,32 @@ def benchmark() -> None:
 
 @benchmark.command()
 @click.option("--out", type=click.Path(dir_okay=False, writable=True),
-              default="results/solver.md", show_default=True, help="Markdown report to write.")
-@click.option("--repeats", type=click.IntRange(1), default=5, show_default=True,
-              help="Timed runs per configuration (the median is reported).")
-def solver(out: str, repeats: int) -> None:
+              default="results/solver.md", show_default=True,
+              help="Markdown report to write (its settings go to config.json in a folder "
+                   "of the same name).")
+@config_options(solver_bench.SolverBenchConfig)
+def solver(out: str, **settings) -> None:
     """cnflow vs torchdiffeq, adjoint memory, seminorm NFE (needs the `bench` extra)."""
+    config = build_config(solver_bench.SolverBenchConfig, settings)
     _require_peer("torchdiffeq")
-    from cnflow.experiments.solver_bench import write_report
-
-    click.echo(write_report(out, repeats=repeats))
+    click.echo(solver_bench.run(config, out))
 
 
 @benchmark.command()
 @click.option("--out", type=click.Path(dir_okay=False, writable=True),
-              default="results/cnf.md", show_default=True, help="Markdown report to write.")
+              default="results/cnf.md", show_default=True,
+              help="Markdown report to write (its settings go to config.json in a folder "
+                   "of the same name).")
 @click.option("--runs", type=click.Path(file_okay=False), default="results/cnf",
               show_default=True, help="Where the default fits' run directories go.")
-@click.option("--iterations", type=click.IntRange(1), default=20, show_default=True,
-              help="Timed training iterations of each model in the speed comparison.")
+@config_options(cnf_bench.CNFBenchConfig)
 @click.option("--reuse-fits", is_flag=True,
               help="Use existing fits in --runs instead of training them again.")
-def cnf(out: str, runs: str, iterations: int, reuse_fits: bool) -> None:
+def cnf(out: str, runs: str, reuse_fits: bool, **settings) -> None:
     """Speed vs torchdiffeq's reference CNF, test NLL vs entropy floor, log_prob throughput."""
+    config = build_config(cnf_bench.CNFBenchConfig, settings)
     _require_peer("torchdiffeq")
-    from cnflow.experiments.cnf_bench import write_report
-
-    click.echo(write_report(out, runs, iterations=iterations, refit=not reuse_fits))
+    click.echo(cnf_bench.run(config, out, runs, refit=not reuse_fits))
 
 
 @benchmark.command()
@@ -134,44 +135,32 @@ def flow_matching(out: str, work: str, seeds: int, budget: float, jobs: int,
 @benchmark.command()
 @click.option("--out", type=click.Path(dir_okay=False, writable=True),
               default="results/ddp.md", show_default=True,
-              help="Markdown report to write (with a .png figure and a .json).")
+              help="Markdown report to write (with a .png figure and a .json; its settings "
+                   "go to config.json in a folder of the same name).")
 @click.option("--work", type=click.Path(file_okay=False), default="results/runs/ddp",
               show_default=True, help="Run directories and the generated table.")
-@click.option("--processes", type=click.IntRange(2), default=2, show_default=True,
-              help="Processes of the torchrun runs (one thread each).")
-@click.option("--repeats", type=click.IntRange(1), default=3, show_default=True,
-              help="Runs per configuration (the median is reported).")
-def ddp(out: str, work: str, processes: int, repeats: int) -> None:
+@config_options(ddp_bench.DDPBenchConfig)
+def ddp(out: str, work: str, **settings) -> None:
     """`cnflow fit` in one process against several under torchrun (gloo on CPU)."""
-    import shlex
-
-    from cnflow.experiments.ddp_bench import write_report
-
-    command = shlex.join(["cnflow", "benchmark", "ddp", "--processes", str(processes),
-                          "--repeats", str(repeats), "--out", out])
-    click.echo(write_report(out, work, command, processes=processes, repeats=repeats,
-                            echo=click.echo))
+    config = build_config(ddp_bench.DDPBenchConfig, settings)
+    click.echo(ddp_bench.run(config, out, work, echo=click.echo))
 
 
 @benchmark.command()
 @click.option("--out", type=click.Path(dir_okay=False, writable=True),
-              default="results/gpu.md", show_default=True, help="Markdown report to write.")
+              default="results/gpu.md", show_default=True,
+              help="Markdown report to write (with a .json; its settings go to config.json "
+                   "in a folder of the same name).")
 @click.option("--model", type=click.Path(file_okay=False), default="results/cnf/two_moons",
               show_default=True, help="Trained two_moons run directory for log_prob.")
-@click.option("--iterations", type=click.IntRange(1), default=5, show_default=True,
-              help="Timed training iterations per batch size.")
-def gpu(out: str, model: str, iterations: int) -> None:
+@config_options(gpu_bench.GPUBenchConfig)
+def gpu(out: str, model: str, **settings) -> None:
     """cnflow vs torchdiffeq's reference CNF on CUDA, batches up to 65,536, and log_prob
     throughput up to 1e6 points (needs a GPU and the `bench` extra)."""
-    import shlex
-
     import torch
 
+    config = build_config(gpu_bench.GPUBenchConfig, settings)
     if not torch.cuda.is_available():
         raise click.ClickException("this benchmark needs a CUDA device; none is available")
     _require_peer("torchdiffeq")
-    from cnflow.experiments.gpu_bench import write_report
-
-    command = shlex.join(["cnflow", "benchmark", "gpu", "--iterations", str(iterations),
-                          "--model", model, "--out", out])
-    click.echo(write_report(out, model, command, iterations=iterations))
+    click.echo(gpu_bench.run(config, out, model))

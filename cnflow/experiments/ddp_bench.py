@@ -16,12 +16,19 @@ import shlex
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cnflow.experiments.bench_record import command_line, record_link, write_record
 from cnflow.experiments.tabular import mix6_table
-from cnflow.report import save_figure
+from cnflow.report import markdown_table, pyplot, save_figure
 from cnflow.runs import environment, write_json, write_text
+from cnflow.validation import check_int
+
+__all__ = ["CASES", "GOAL_NLL", "GOAL_RATIO", "DDPBenchConfig", "measure", "report_text",
+           "run", "run_case", "write_report"]
 
 # (name, what it is, `cnflow fit` arguments after the data argument)
 TABLE_ROWS = 20000
@@ -36,12 +43,31 @@ CASES: tuple[tuple[str, str, list[str]], ...] = (
      f"the same {TABLE_ROWS:,} x 6 rows: 8 epochs of batch 4096, no early stopping",
      ["--batch-size", "4096", "--epochs", "8", "--patience", "8"]),
 )
-GOAL_NLL = 0.1
-GOAL_RATIO = 0.75
+GOAL_NLL = 0.1  # nats of test NLL the processes may differ from one process by
+GOAL_RATIO = 0.75  # their wall time against the faster one-process run's, at most
+
+
+@dataclass
+class DDPBenchConfig:
+    """What ``cnflow benchmark ddp`` runs.
+
+    Attributes:
+        processes: processes of the torchrun runs (one thread each), and the threads of
+            the one-process run they are measured against.
+        repeats: runs per configuration (the run of median wall time is reported).
+    """
+
+    processes: int = 2
+    repeats: int = 3
+
+    def __post_init__(self) -> None:
+        check_int("processes", self.processes, minimum=2)
+        check_int("repeats", self.repeats)
 
 
 def _command(data: str, args: list[str], processes: int, threads: int, out: Path
              ) -> list[str]:
+    """The ``cnflow fit`` command line of one run: plain, or under ``torchrun``."""
     fit = ["fit", data, *args, "--threads", str(threads), "--out", str(out),
            "--no-figures", "--overwrite"]
     if processes == 1:
@@ -69,8 +95,8 @@ def run_case(data: str, args: list[str], processes: int, threads: int, out: Path
 
 
 def _figure(results: dict[str, list[dict[str, Any]]], path: Path) -> None:
-    import matplotlib.pyplot as plt
-
+    """Validation NLL against training wall time, one panel per case."""
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(results), figsize=(5 * len(results), 3.6), squeeze=False)
     for ax, (case, runs) in zip(axes[0], results.items()):
         for run in runs:
@@ -83,25 +109,26 @@ def _figure(results: dict[str, list[dict[str, Any]]], path: Path) -> None:
     save_figure(fig, path)
 
 
-def write_report(out: str | Path, work: str | Path, command: str, processes: int = 2,
-                 repeats: int = 3, echo=print) -> str:
-    """Run every case with 1 process (1 and ``processes`` threads) and ``processes``
-    processes of one thread, ``repeats`` times with the configurations alternated; keep
-    each configuration's run of median wall time; write the Markdown report, a JSON of the
-    runs and a figure."""
-    out, work = Path(out), Path(work)
+def measure(config: DDPBenchConfig, work: str | Path, echo: Callable[[str], None] = print
+            ) -> dict[str, list[dict[str, Any]]]:
+    """Run every case with 1 process (1 and ``config.processes`` threads) and
+    ``config.processes`` processes of one thread, ``config.repeats`` times with the
+    configurations alternated; keep each configuration's run of median wall time (with every
+    run's wall time in ``wall_seconds_all``), in that order, by case."""
+    work = Path(work)
     work.mkdir(parents=True, exist_ok=True)
     table = mix6_table(work / "mix6.csv", TABLE_ROWS)
-    configurations = [(1, 1), (1, processes), (processes, 1)]
+    configurations = [(1, 1), (1, config.processes), (config.processes, 1)]
     results: dict[str, list[dict[str, Any]]] = {}
     for case, _, args in CASES:
         data = "two_moons" if case == "two_moons" else str(table)
         runs: dict[tuple[int, int], list[dict[str, Any]]] = {c: [] for c in configurations}
-        for repeat in range(repeats):
+        for repeat in range(config.repeats):
             # A different order each repeat, so no configuration always runs first.
             shift = repeat % len(configurations)
             for p, t in configurations[shift:] + configurations[:shift]:
-                echo(f"{case}: {p} process(es) x {t} thread(s), run {repeat + 1}/{repeats}")
+                echo(f"{case}: {p} process(es) x {t} thread(s), run {repeat + 1}/"
+                     f"{config.repeats}")
                 folder = work / f"{case.replace(' ', '_')}_{p}x{t}"
                 runs[(p, t)].append(run_case(data, args, p, t, folder))
         results[case] = []
@@ -110,54 +137,90 @@ def write_report(out: str | Path, work: str | Path, command: str, processes: int
             median = ordered[(len(ordered) - 1) // 2]
             median["wall_seconds_all"] = [r["wall_seconds"] for r in runs[c]]
             results[case].append(median)
-    figure = out.with_name(out.stem + ".png")
-    _figure(results, figure)
+    return results
 
+
+def _verdict(runs: list[dict[str, Any]], processes: int) -> tuple[bool, str]:
+    """Whether the processes met the goal against the faster one-process run, and why."""
+    parallel, best_single = runs[2], min(runs[:2], key=lambda r: r["wall_seconds"])
+    ratio = parallel["wall_seconds"] / best_single["wall_seconds"]
+    gap = abs(parallel["test_nll"] - best_single["test_nll"])
+    met = ratio <= GOAL_RATIO and gap <= GOAL_NLL
+    return met, (f"{processes} processes against the faster one-process run "
+                 f"({best_single['processes']} x {best_single['threads']}): wall-time ratio "
+                 f"{ratio:.2f}, test NLL difference {gap:.4f} nats: goal "
+                 f"**{'met' if met else 'not met'}**.")
+
+
+def report_text(config: DDPBenchConfig, results: dict[str, list[dict[str, Any]]],
+                command: str, figure: str, record: str) -> tuple[str, list[bool]]:
+    """The report of :func:`measure`'s ``results``, and whether each case met the goal.
+
+    Args:
+        config: the settings.
+        results: :func:`measure`'s runs by case.
+        command: the command line that regenerates the report.
+        figure: the link from the report to its figure.
+        record: the link from the report to its ``config.json``.
+    """
+    processes = config.processes
     protocol = (f"Each row is one whole `cnflow fit` command, the run of median wall time "
-                f"of {repeats} (the configurations alternated). The fair comparison is one "
-                f"process with {processes} threads against {processes} processes of one "
-                "thread each; one process of one thread (the default `--threads 1`) is shown "
-                "too. Wall seconds are the command's (start-up and test evaluation included), "
-                "training seconds the loop's. Every configuration takes the same steps on the "
-                "same global batches; the processes share each batch out and average their "
-                "gradients.")
+                f"of {config.repeats} (the configurations alternated). The fair comparison "
+                f"is one process with {processes} threads against {processes} processes of "
+                "one thread each; one process of one thread (the default `--threads 1`) is "
+                "shown too. Wall seconds are the command's (start-up and test evaluation "
+                "included), training seconds the loop's. Every configuration takes the same "
+                "steps on the same global batches; the processes share each batch out and "
+                "average their gradients.")
     goal = (f"Goal: {processes} processes reach the same test NLL (within {GOAL_NLL} nats) "
             f"in at most {GOAL_RATIO}x the wall time of the faster one-process run.")
     regenerate = (f"Regenerate: `{command}` (the cases run one after another on this "
-                  f"machine, {os.cpu_count()} cores).")
+                  f"machine, {os.cpu_count()} cores); the settings are in "
+                  f"[{record}]({record}).")
     lines = ["# Several processes: `torchrun ... cnflow fit`", "", regenerate, "", protocol,
              "", goal, ""]
-    header = ("| processes x threads | wall s | training s | steps | test NLL | "
-              f"wall time / {processes} threads in 1 process |")
+    header = ["processes x threads", "wall s", "training s", "steps", "test NLL",
+              f"wall time / {processes} threads in 1 process"]
     verdicts = []
     for case, description, _ in CASES:
         runs = results[case]
-        fair, parallel = runs[1], runs[2]
-        best_single = min(runs[:2], key=lambda r: r["wall_seconds"])
-        lines += [f"## {case}", "", description + ".", "", header, "|---|---|---|---|---|---|"]
-        for run in runs:
-            lines.append(f"| {run['processes']} x {run['threads']} | "
-                         f"{run['wall_seconds']:.1f} | {run['train_wall_seconds']:.1f} | "
-                         f"{run['steps']} | {run['test_nll']:.4f} ± "
-                         f"{run['test_nll_stderr']:.4f} | "
-                         f"{run['wall_seconds'] / fair['wall_seconds']:.2f} |")
-        ratio = parallel["wall_seconds"] / best_single["wall_seconds"]
-        gap = abs(parallel["test_nll"] - best_single["test_nll"])
-        met = ratio <= GOAL_RATIO and gap <= GOAL_NLL
+        fair = runs[1]
+        rows = [[f"{run['processes']} x {run['threads']}", f"{run['wall_seconds']:.1f}",
+                 f"{run['train_wall_seconds']:.1f}", run["steps"],
+                 f"{run['test_nll']:.4f} ± {run['test_nll_stderr']:.4f}",
+                 f"{run['wall_seconds'] / fair['wall_seconds']:.2f}"] for run in runs]
+        met, verdict = _verdict(runs, processes)
         verdicts.append(met)
-        verdict = (f"{processes} processes against the faster one-process run "
-                   f"({best_single['processes']} x {best_single['threads']}): wall-time ratio "
-                   f"{ratio:.2f}, test NLL difference {gap:.4f} nats: goal "
-                   f"**{'met' if met else 'not met'}**.")
-        lines += ["", verdict, ""]
+        lines += [f"## {case}", "", description + ".", "", markdown_table(header, rows), "",
+                  verdict, ""]
     no_gpu = ("No GPU figure exists yet: no CUDA machine was at hand for this report. Under "
               "CUDA, `cnflow fit` picks `nccl` and one GPU per rank by itself.")
-    lines += [f"![validation NLL against training wall time]({figure.name})", "", no_gpu, "",
+    lines += [f"![validation NLL against training wall time]({figure})", "", no_gpu, "",
               # The threads of each run are in its row, not this process's.
               "Environment: " + ", ".join(f"{k} {v}" for k, v in environment().items()
                                           if k != "cpu_threads"), ""]
-    text = "\n".join(lines)
+    return "\n".join(lines), verdicts
+
+
+def run(config: DDPBenchConfig, out: str | Path, work: str | Path,
+        echo: Callable[[str], None] = print) -> str:
+    """Measure (:func:`measure`, run directories and the table in ``work``) and write the
+    Markdown report ``out``, a JSON of the runs and a figure beside it, and the settings to
+    its ``config.json``; return the report."""
+    return write_report(config, measure(config, work, echo), out)
+
+
+def write_report(config: DDPBenchConfig, results: dict[str, list[dict[str, Any]]],
+                 out: str | Path) -> str:
+    """Write the report of :func:`measure`'s ``results`` to ``out``, with its JSON, figure
+    and ``config.json``; return the report."""
+    out = Path(out)
+    figure = out.with_name(out.stem + ".png")
+    _figure(results, figure)
+    command = command_line("cnflow benchmark ddp", config, out=out)
+    text, verdicts = report_text(config, results, command, figure.name, record_link(out))
     write_text(text, out)
     write_json({"command": command, "results": results, "goals_met": verdicts},
                out.with_suffix(".json"))
+    write_record(config, out)
     return text

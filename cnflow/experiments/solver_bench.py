@@ -1,30 +1,76 @@
-"""Solver benchmark: cnflow against torchdiffeq, adjoint memory, seminorm NFE.
+"""Solver benchmark: cnflow against torchdiffeq, memory held for backward, seminorm NFE.
 
 Regenerate ``results/solver.md`` with ``cnflow benchmark solver`` (needs the ``bench``
-extra: ``pip install -e ".[bench]"``). Every figure in the file comes out of this module.
+extra: ``pip install -e ".[bench]"``). :func:`run` measures; every number of the report
+(:mod:`cnflow.experiments.solver_report`) comes out of this module.
 """
 
 from __future__ import annotations
 
 import os
-import platform
 import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from scipy.integrate import solve_ivp
 
 import cnflow
+from cnflow.experiments.bench_record import command_line, record_link, write_record
+from cnflow.experiments.solver_report import report_text
+from cnflow.report import SavedTensorMemory
 from cnflow.runs import write_text
+from cnflow.validation import check_choices, check_float, check_int, check_ints
+
+__all__ = ["SHARED_METHODS", "Problem", "SolverBenchConfig", "compare_with_torchdiffeq",
+           "graph_memory", "run", "seminorm_nfe"]
+
+# The adaptive methods of both libraries (torchdiffeq 0.2.5 has no tsit5).
+SHARED_METHODS = ("bosh3", "dopri5", "dopri8")
+
+
+@dataclass
+class SolverBenchConfig:
+    """What ``cnflow benchmark solver`` measures.
+
+    Attributes:
+        repeats: timed runs per configuration (the median is reported).
+        methods: adaptive methods compared with torchdiffeq's of the same name.
+        tolerances: rtol = atol of the comparison with torchdiffeq.
+        steps: numbers of fixed rk4 steps of the memory table.
+        seminorm_tolerances: rtol = atol of the adjoint's full norm against its seminorm.
+    """
+
+    repeats: int = 5
+    methods: tuple[str, ...] = SHARED_METHODS
+    tolerances: tuple[float, ...] = (1e-5, 1e-8)
+    steps: tuple[int, ...] = (10, 100, 1000)
+    seminorm_tolerances: tuple[float, ...] = (1e-4, 1e-6, 1e-8)
+
+    def __post_init__(self) -> None:
+        # Each check returns the value, so lists (from JSON) become tuples here.
+        check_int("repeats", self.repeats)
+        self.methods = check_choices("methods", self.methods, SHARED_METHODS)
+        self.steps = check_ints("steps", self.steps)
+        for name in ("tolerances", "seminorm_tolerances"):
+            values = tuple(getattr(self, name))
+            if not values:
+                raise ValueError(f"{name} must not be empty")
+            setattr(self, name, tuple(check_float(f"{name} entries", v, maximum=1)
+                                      for v in values))
+
 
 F64 = torch.float64
 
 
 @dataclass
 class Problem:
+    """A test problem of the comparison, with its reference solution at the output times."""
+
     name: str
     func: Callable  # torch vector field f(t, y)
     y0: torch.Tensor
@@ -83,14 +129,16 @@ def _timed(run: Callable[[], torch.Tensor], repeats: int) -> tuple[float, torch.
     return statistics.median(times), out
 
 
-def compare_with_torchdiffeq(repeats: int = 5) -> list[dict]:
+def compare_with_torchdiffeq(repeats: int = 5, methods: tuple[str, ...] = SHARED_METHODS,
+                             tolerances: tuple[float, ...] = (1e-5, 1e-8)
+                             ) -> list[dict[str, Any]]:
     """Wall time, NFE and achieved error of both libraries on the same problems."""
     import torchdiffeq
 
     rows = []
     for problem in _problems():
-        for method in ("bosh3", "dopri5", "dopri8"):
-            for tol in (1e-5, 1e-8):
+        for method in methods:
+            for tol in tolerances:
                 counter = {"nfe": 0}
 
                 def counted(t, y, problem=problem, counter=counter):
@@ -128,6 +176,8 @@ def compare_with_torchdiffeq(repeats: int = 5) -> list[dict]:
 
 
 class _MLPField(torch.nn.Module):
+    """An autonomous MLP field ``dim → width → dim``, the same weights every time (seed 1)."""
+
     def __init__(self, width: int = 64, dim: int = 8):
         super().__init__()
         torch.manual_seed(1)
@@ -138,37 +188,41 @@ class _MLPField(torch.nn.Module):
         return self.net(y)
 
 
-def graph_memory(step_counts: tuple[int, ...] = (10, 100, 1000)) -> list[dict]:
-    """Bytes the autograd graph keeps for backward, as the number of steps grows.
+def graph_memory(step_counts: tuple[int, ...] = (10, 100, 1000)) -> list[dict[str, Any]]:
+    """Peak bytes held for the backward pass of one forward and backward solve, as the
+    number of steps grows; fixed-step rk4 on a batch of 256 8-d states.
 
-    Measured by summing the size of every tensor autograd saves for the backward pass
-    (``torch.autograd.graph.saved_tensors_hooks``), plus, for the checkpointed mode, the
-    states it stores per step. Steps are fixed-step rk4 steps on a batch of 256 8-d states.
+    :class:`cnflow.report.SavedTensorMemory` (the field's parameters excluded) counts the
+    storages autograd saves for backward, each once, over the forward solve and the graphs
+    the backward pass builds (the adjoint's and the checkpointed mode's per-step
+    recomputations). The checkpointed mode keeps one state per accepted step outside
+    autograd, where the meter cannot see it, so those states are added.
+
+    Returns:
+        One row per (steps, gradient mode): ``saved_mib`` (the meter's peak),
+        ``states_mib`` (the checkpointed states; 0 for the other modes) and their sum
+        ``graph_mib``.
     """
     rows = []
     for n in step_counts:
         for gradient in cnflow.GRADIENT_MODES:
             func = _MLPField()
             y0 = torch.randn(256, 8, requires_grad=True)
-            seen: dict[int, int] = {}
-
-            def pack(x, seen=seen):
-                seen[id(x)] = x.numel() * x.element_size()
-                return x
-
-            with torch.autograd.graph.saved_tensors_hooks(pack, lambda x: x):
+            meter = SavedTensorMemory(exclude=list(func.parameters()))
+            with meter:
                 sol = cnflow.solve(func, y0, torch.tensor([0.0, 1.0]), method="rk4",
                                    options={"step_size": 1.0 / n}, gradient=gradient)
-            held = sum(seen.values())
-            if gradient == "checkpoint":
-                held += n * y0.numel() * y0.element_size()
-            sol.ys[-1].pow(2).sum().backward()
-            rows.append({"steps": sol.stats.forward.n_accepted, "gradient": gradient,
-                         "graph_mib": held / 2**20})
+                sol.ys[-1].pow(2).sum().backward()
+                steps = sol.stats.forward.n_accepted
+                del sol  # the graph's last reference goes while the meter counts
+            states = steps * y0.numel() * y0.element_size() if gradient == "checkpoint" else 0
+            rows.append({"steps": steps, "gradient": gradient,
+                         "saved_mib": meter.peak_bytes / 2**20, "states_mib": states / 2**20,
+                         "graph_mib": (meter.peak_bytes + states) / 2**20})
     return rows
 
 
-def seminorm_nfe(tols: tuple[float, ...] = (1e-4, 1e-6, 1e-8)) -> list[dict]:
+def seminorm_nfe(tols: tuple[float, ...] = (1e-4, 1e-6, 1e-8)) -> list[dict[str, Any]]:
     """Backward/forward NFE of the adjoint with the full norm and with the seminorm."""
     rows = []
     for tol in tols:
@@ -185,83 +239,17 @@ def seminorm_nfe(tols: tuple[float, ...] = (1e-4, 1e-6, 1e-8)) -> list[dict]:
     return rows
 
 
-def write_report(path: str, repeats: int = 5) -> str:
-    """Run everything and write the markdown report to ``path``; returns the text."""
+def run(config: SolverBenchConfig, out: str | Path) -> str:
+    """Run the three measurements on one thread and write the Markdown report ``out`` and
+    the settings to its ``config.json``; return the report."""
     torch.set_num_threads(1)
     load_before = os.getloadavg()[0]
-    compare = compare_with_torchdiffeq(repeats)
-    memory = graph_memory()
-    semi = seminorm_nfe()
-    load_after = os.getloadavg()[0]
-    import torchdiffeq
-
-    lines = [
-        "# Solver benchmark",
-        "",
-        ("Regenerate with `cnflow benchmark solver --out results/solver.md` "
-        "(needs `pip install -e \".[bench]\"`)."),
-        "",
-        (f"Measured on {platform.processor() or platform.machine()}, 1 CPU thread, torch "
-        f"{torch.__version__}, torchdiffeq {getattr(torchdiffeq, '__version__', '?')}. "
-        f"Times are medians of {repeats} runs after a warm-up; errors are max-abs against "
-        "scipy `solve_ivp(method='DOP853', rtol=1e-13, atol=1e-13)`; rtol = atol = tol. "
-        f"Machine load average {load_before:.1f} at the start, {load_after:.1f} at the end: "
-        "absolute times grow with load; the two libraries alternate, so the ratios hold."),
-        "",
-        "## cnflow vs torchdiffeq, same problems and tolerances (float64, forward solve)",
-        "",
-        ("| problem | method | tol | cnflow ms | torchdiffeq ms | speed-up | cnflow NFE | "
-        "torchdiffeq NFE | cnflow error | torchdiffeq error |"),
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in compare:
-        lines.append(
-            f"| {r['problem']} | {r['method']} | {r['tol']:.0e} | {r['cnflow_ms']:.2f} | "
-            f"{r['torchdiffeq_ms']:.2f} | {r['speedup']:.2f}× | {r['cnflow_nfe']} | "
-            f"{r['torchdiffeq_nfe']} | {r['cnflow_err']:.1e} | {r['torchdiffeq_err']:.1e} |")
-    speedups = [r["speedup"] for r in compare]
-    lines += [
-        "",
-        (f"Geometric-mean speed-up: {float(np.exp(np.mean(np.log(speedups)))):.2f}× "
-        f"(range {min(speedups):.2f}×–{max(speedups):.2f}×). torchdiffeq's dopri8 is a "
-        "different 8th-order pair (Prince–Dormand RK8(7)13M) from cnflow's (Hairer's DOP853), "
-        "so their NFE and error differ by design. torchdiffeq 0.2.5 has no tsit5."),
-        "",
-        "## Memory held for the backward pass as the number of steps grows",
-        "",
-        ("Bytes of every tensor autograd saves for backward (saved-tensor hooks), plus the "
-        "per-step states the checkpointed mode stores; fixed-step rk4, batch 256 × 8 float32 "
-        "states, MLP 8→64→8."),
-        "",
-        "| steps | direct MiB | adjoint MiB | checkpoint MiB |",
-        "|---|---|---|---|",
-    ]
-    by_steps: dict[int, dict[str, float]] = {}
-    for r in memory:
-        by_steps.setdefault(r["steps"], {})[r["gradient"]] = r["graph_mib"]
-    for steps, cols in by_steps.items():
-        lines.append(f"| {steps} | {cols['direct']:.2f} | {cols['adjoint']:.3f} | "
-                     f"{cols['checkpoint']:.2f} |")
-    first, last = by_steps[min(by_steps)], by_steps[max(by_steps)]
-    lines += [
-        "",
-        (f"From {min(by_steps)} to {max(by_steps)} steps the adjoint's memory changes by a "
-        f"factor {last['adjoint'] / first['adjoint']:.2f}; direct backpropagation's grows by "
-        f"{last['direct'] / first['direct']:.0f}×."),
-        "",
-        "## Adjoint NFE, full norm vs seminorm",
-        "",
-        "Neural ODE (MLP 2→64→2, float64), batch 512, t ∈ [0, 1], dopri5 both ways.",
-        "",
-        ("| tol | forward NFE | backward NFE (rms) | backward/forward (rms) | "
-        "backward NFE (seminorm) | backward/forward (seminorm) |"),
-        "|---|---|---|---|---|---|",
-    ]
-    for r in semi:
-        lines.append(
-            f"| {r['tol']:.0e} | {r['rms_forward']} | {r['rms_backward']} | "
-            f"{r['rms_backward'] / r['rms_forward']:.2f} | {r['seminorm_backward']} | "
-            f"{r['seminorm_backward'] / r['seminorm_forward']:.2f} |")
-    text = "\n".join(lines) + "\n"
-    write_text(text, path)
+    compare = compare_with_torchdiffeq(config.repeats, config.methods, config.tolerances)
+    memory = graph_memory(config.steps)
+    semi = seminorm_nfe(config.seminorm_tolerances)
+    text = report_text(config, command_line("cnflow benchmark solver", config, out=out),
+                       compare, memory, semi, load=(load_before, os.getloadavg()[0]),
+                       record=record_link(out))
+    write_text(text, out)
+    write_record(config, out)
     return text
