@@ -6,8 +6,19 @@ import math
 from pathlib import Path
 from typing import Any
 
-from cnflow.experiments.latent_ode.baselines import RNN_GRAD_CLIP
+from torch import nn
+
+from cnflow.data.spirals import (
+    ANGULAR_SPEED,
+    SPIRAL_A,
+    SPIRAL_B,
+    THETA0_HIGH,
+    THETA0_LOW,
+    TIME_STEP,
+)
+from cnflow.experiments.latent_ode.baselines import RNN_GRAD_CLIP, RNNBaseline
 from cnflow.experiments.latent_ode.config import MODELS, PAPER_RMSE, WINDOW
+from cnflow.models.latent_ode import LatentODE
 from cnflow.report import markdown_table
 from cnflow.runs import relative_path, write_text
 
@@ -56,42 +67,62 @@ def goal_lines(runs: dict[str, Any], ns: list[int]) -> list[str]:
     return lines or ["- (needs both models to judge)"]
 
 
+def widths(net: nn.Module) -> str:
+    """The layer widths of an MLP, ``"4→20→2"``."""
+    layers = [m for m in net.modules() if isinstance(m, nn.Linear)]
+    return "→".join(str(n) for n in [layers[0].in_features, *(m.out_features for m in layers)])
+
+
+def times_pi(angle: float) -> str:
+    """An angle as a multiple of π: ``"π"``, ``"3π"``."""
+    multiple = angle / math.pi
+    return "π" if multiple == 1 else f"{multiple:g}π"
+
+
 def setup_lines(config: dict[str, Any]) -> list[str]:
-    """The protocol in words, from the run's config."""
+    """The protocol in words, from the run's config, the data's constants and the models as
+    built (so the text cannot drift from the code)."""
+    ode, rnn = LatentODE(), RNNBaseline()
+    points = 2 * WINDOW
+    turns = ANGULAR_SPEED * points * TIME_STEP / (2 * math.pi)
+    radius = f"{SPIRAL_B:g} θ" if SPIRAL_A == 0 else f"{SPIRAL_A:g} + {SPIRAL_B:g} θ"
     future = config.get("train_future", True)
-    targets = ("the observed points and the 100 following points of the training spirals (the "
-               "test spirals' are only scored); `--no-train-future` trains on the window alone."
-               if future else
+    targets = (f"the observed points and the {WINDOW} following points of the training "
+               "spirals (the test spirals' are only scored); `--no-train-future` trains on the "
+               "window alone." if future else
                "the observed points of the training spirals only, so every extrapolated time is "
                "beyond anything seen in training (the paper's 'time points extending beyond "
                "those that were used for training').")
     return [
         (f"- Data: `cnflow.data.spirals.generate_spirals` — {config['n_spirals']} Archimedean "
-         "spirals r = 0.3 θ around the origin, half clockwise and half counter-clockwise, "
-         "random start angle θ0 ~ U[π, 3π], 200 points at t = 0, 0.05, …, 9.95 (one turn), "
-         f"Gaussian noise std {config['noise_std']}; the first {config['n_train']} spirals "
-         f"train, the other {config['n_spirals'] - config['n_train']} test. For each n, every "
-         f"spiral keeps one fixed random subset of n of its first {WINDOW} points (without "
-         f"replacement); the targets are its points {WINDOW + 1}–{2 * WINDOW}."),
-        ("- Latent ODE: GRU recognition network (25 hidden) reading (x_i, Δt_i) backwards in "
-         "time → mean and log-variance of z0 ∈ R^4; latent dynamics MLP 4→20→20→4 (ELU); "
-         "decoder MLP 4→20→2 (ReLU); Gaussian likelihood with the data's noise std; KL to "
+         f"spirals r = {radius} around the origin, half clockwise and half counter-clockwise, "
+         f"random start angle θ0 ~ U[{times_pi(THETA0_LOW)}, {times_pi(THETA0_HIGH)}], "
+         f"{points} points at t = 0, {TIME_STEP:g}, …, "
+         f"{(points - 1) * TIME_STEP:g} ({turns:g} turn), Gaussian noise std "
+         f"{config['noise_std']}; the first {config['n_train']} spirals train, the other "
+         f"{config['n_spirals'] - config['n_train']} test. For each n, every spiral keeps one "
+         f"fixed random subset of n of its first {WINDOW} points (without replacement); the "
+         f"targets are its points {WINDOW + 1}–{points}."),
+        (f"- Latent ODE: GRU recognition network ({ode.encoder.rnn.hidden_size} hidden) reading "
+         "(x_i, Δt_i) backwards in time → mean and log-variance of z0 ∈ "
+         f"R^{ode.latent_dim}; latent dynamics MLP {widths(ode.dynamics)} (ELU); decoder MLP "
+         f"{widths(ode.decoder)} (ReLU); Gaussian likelihood with the data's noise std; KL to "
          f"N(0, I); one posterior sample per spiral; gradients by `{config['gradient']}` "
-         f"through `cnflow.solve` (dopri5, rtol {config['rtol']}, atol {config['atol']}); "
-         f"Poisson-process term: {'on' if config['poisson'] else 'off'}. Each step estimates "
-         f"the ELBO's sums over time on {config['time_subsample'] or 'all'} random grid times "
-         "(plus the window's first and last), weighted by the inverse inclusion probability "
-         "(unbiased); predictions use the posterior mean of z0."),
-        ("- RNN baseline: GRU with 25 hidden units fed (x_i, time to the next point); "
-         "teacher-forced on the observed points, then free-running on its own predictions "
-         "over the 100 targets; trained on the squared error of both; gradient norm clipped "
-         f"at {RNN_GRAD_CLIP:g}."),
+         f"through `cnflow.solve` ({ode.method}, rtol {config['rtol']}, atol "
+         f"{config['atol']}); Poisson-process term: {'on' if config['poisson'] else 'off'}. "
+         f"Each step estimates the ELBO's sums over time on {config['time_subsample'] or 'all'} "
+         "random grid times (plus the window's first and last), weighted by the inverse "
+         "inclusion probability (unbiased); predictions use the posterior mean of z0."),
+        (f"- RNN baseline: GRU with {rnn.rnn.hidden_size} hidden units fed (x_i, time to the "
+         "next point); teacher-forced on the observed points, then free-running on its own "
+         f"predictions over the {WINDOW} targets; trained on the squared error of both; "
+         f"gradient norm clipped at {RNN_GRAD_CLIP:g}."),
         (f"- Both: trained by `cnflow.training.fit`, Adam, batch {config['batch_size']} "
-         "(shuffled spirals), learning rate "
-         f"{config['lr']} decaying geometrically to {config['lr'] * config['final_lr_factor']:.2g}"
-         f"; latent ODE {config['iterations']} steps, RNN {config['rnn_iterations']} steps; "
-         f"seed {config['seed']}; no validation set, the last weights are scored. Both see "
-         "the same observations and are trained on the same targets: " + targets),
+         f"(shuffled spirals), learning rate {config['lr']} decaying geometrically to "
+         f"{config['lr'] * config['final_lr_factor']:.2g}; latent ODE {config['iterations']} "
+         f"steps, RNN {config['rnn_iterations']} steps; seed {config['seed']}; no validation "
+         "set, the last weights are scored. Both see the same observations and are trained "
+         "on the same targets: " + targets),
     ]
 
 
@@ -114,8 +145,9 @@ def markdown_report(summary: dict[str, Any], out_dir: str | Path,
         "# Latent ODE vs RNN on irregularly sampled spirals (Chen et al. 2018, Section 5)", "",
         f"Regenerate everything in this file and in `{out_dir.as_posix()}/` with:", "",
         "```", summary["command"] or "(command not recorded)", "```", "",
-        "## Table 2 analog: predictive RMSE on the 100 points after the observation window", "",
-        (f"RMSE over the {config['n_spirals'] - config['n_train']} test spirals, the 100 "
+        f"## Table 2 analog: predictive RMSE on the {WINDOW} points after the observation window",
+        "",
+        (f"RMSE over the {config['n_spirals'] - config['n_train']} test spirals, the {WINDOW} "
          "extrapolated times and both coordinates, against the noise-free spiral, ± its "
          "standard error over the test spirals (the test set's sampling noise, not the spread "
          "between training runs). Paper values in parentheses."), "",
