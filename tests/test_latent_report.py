@@ -51,3 +51,12 @@ def test_figure_links_are_relative_to_the_report(tmp_path):
     assert "![learning curves](../runs/latent/learning_curves.png)" in text
     assert "![predictions n=30](../runs/latent/predictions_n30.png)" in text
     assert "interpolation_n30" not in text  # only the figures that exist
+
+
+def test_runs_are_listed_by_n_then_model_whatever_the_summary_order():
+    summary = _summary()
+    summary["runs"] = dict(sorted(summary["runs"].items(), reverse=True))
+    text = markdown_report(summary, "results/latent_ode")
+    rows = [line.split(" | ")[0] for line in text.splitlines()
+            if line.startswith(("| latent-ode/", "| rnn/"))]
+    assert rows == ["| latent-ode/n=30", "| rnn/n=30", "| latent-ode/n=50", "| rnn/n=50"]

@@ -167,7 +167,10 @@ def markdown_report(summary: dict[str, Any], out_dir: str | Path,
                    "one seed, so the table above is one point on each curve."), "",
                   f"![learning curves]({link('learning_curves.png')})"]
     rows = []
-    for key, run in runs.items():
+    # By n, then model: the order of the runs, whether the summary was read back from JSON
+    # (sorted keys) or not.
+    for key, run in sorted(runs.items(), key=lambda item: (item[1]["n_obs"],
+                                                            MODELS.index(item[1]["model"]))):
         nfe = (f"{fmt(run['nfe_forward_mean'], 1)} / {fmt(run['nfe_backward_mean'], 1)}"
                if run["nfe_forward_mean"] is not None else MISSING)
         rows.append([key, run["iterations"], f"{run['train_seconds']:.0f}",
