@@ -9,10 +9,12 @@ which a model may see a random subset, the next ``window`` are the extrapolation
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
+
+from cnflow.validation import check_int
 
 #: Radius law of the Archimedean spiral, ``r(theta) = SPIRAL_A + SPIRAL_B * theta``.
 SPIRAL_A = 0.0
@@ -66,6 +68,12 @@ class SpiralData:
             window=self.window,
             noise_std=self.noise_std,
         )
+
+    def to(self, device: torch.device | str) -> SpiralData:
+        """The same spirals with every tensor on ``device``."""
+        return replace(self, times=self.times.to(device), clean=self.clean.to(device),
+                       noisy=self.noisy.to(device), clockwise=self.clockwise.to(device),
+                       theta0=self.theta0.to(device))
 
 
 def spiral_positions(theta: np.ndarray, clockwise: np.ndarray) -> np.ndarray:
@@ -168,12 +176,32 @@ def sample_observation_indices(
     Raises:
         ValueError: ``n_obs`` is not in ``[1, window]``.
     """
-    if not 1 <= n_obs <= window:
-        raise ValueError(
-            f"n_obs={n_obs} observations cannot be drawn without replacement from a window of "
-            f"{window} points; it must lie in [1, {window}]"
-        )
+    check_int("window", window)
+    check_int("n_obs", n_obs, maximum=window)  # drawn without replacement from the window
     # argsort of i.i.d. uniforms is a uniformly random permutation per row; its first n_obs
     # entries are a uniform draw without replacement.
     keys = torch.rand(n_spirals, window, generator=generator)
     return keys.argsort(dim=1)[:, :n_obs].sort(dim=1).values
+
+
+def observed_points(times: torch.Tensor, values: torch.Tensor, obs_idx: torch.Tensor
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The observed values and their times, picked out of every spiral's grid.
+
+    Args:
+        times: ``(n_points,)`` the shared grid.
+        values: ``(N, n_points, D)`` the spirals' values on it (noisy or clean).
+        obs_idx: ``(N, n)`` each spiral's observed grid indices (as from
+            :func:`sample_observation_indices`).
+
+    Returns:
+        ``(x_obs, t_obs)``: ``(N, n, D)`` values and ``(N, n)`` times.
+
+    Example:
+        >>> data = generate_spirals(2, window=3, seed=0)
+        >>> x, t = observed_points(data.times, data.noisy, torch.tensor([[0, 2], [1, 2]]))
+        >>> tuple(x.shape), tuple(t.shape), bool(torch.equal(x[1, 0], data.noisy[1, 1]))
+        ((2, 2, 2), (2, 2), True)
+    """
+    picked = values.gather(1, obs_idx.unsqueeze(-1).expand(-1, -1, values.shape[-1]))
+    return picked, times[obs_idx]

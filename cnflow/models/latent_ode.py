@@ -1,4 +1,4 @@
-"""Latent ODE for irregularly sampled time series, its RNN baseline, and a Poisson-process likelihood.
+"""Latent ODE for irregularly sampled time series, and a Poisson-process likelihood.
 
 Chen et al. 2018, Section 5: a recognition RNN reads the observations backwards in time and
 returns a Gaussian posterior over the initial latent state ``z0``; a neural ODE carries ``z0``
@@ -17,12 +17,12 @@ tensors.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
+from torch.distributions import Normal, kl_divergence
 
 from cnflow.solvers import GRADIENT_MODES
 
@@ -33,12 +33,12 @@ __all__ = [
     "LatentDynamics",
     "LatentODE",
     "LogIntensity",
-    "RNNBaseline",
     "RecognitionRNN",
     "gaussian_kl",
     "gaussian_log_likelihood",
     "poisson_log_likelihood_from_path",
     "poisson_process_log_likelihood",
+    "solve_latent",
     "solve_ode",
 ]
 
@@ -51,24 +51,15 @@ GRADIENTS = GRADIENT_MODES
 DEFAULT_GRADIENT = "checkpoint"
 
 
-def solve_ode(
-    func: nn.Module,
-    y0: torch.Tensor,
-    t: torch.Tensor,
-    *,
-    rtol: float,
-    atol: float,
-    method: str = "dopri5",
-    gradient: str = DEFAULT_GRADIENT,
-) -> Any:
+def solve_ode(func: nn.Module, y0: torch.Tensor, t: torch.Tensor, *, rtol: float, atol: float,
+              method: str = "dopri5", gradient: str = DEFAULT_GRADIENT) -> Any:
     """Solve ``dy/dt = func(t, y)`` with cnflow's solver; returns its ``ODESolution``.
 
     Args:
         func: the vector field, a module so that its parameters can be handed to the adjoint.
         y0: initial state at ``t[0]``.
         t: 1-D strictly monotone output times.
-        rtol: relative tolerance.
-        atol: absolute tolerance.
+        rtol, atol: relative and absolute tolerance.
         method: solver name understood by ``cnflow.solve``.
         gradient: ``"adjoint"``, ``"direct"`` or ``"checkpoint"``.
 
@@ -91,14 +82,12 @@ def solve_ode(
         # that never feed back into the state, so leaving them out of the error norm saves
         # backward steps without loosening the state's accuracy.
         kwargs["adjoint_options"] = {"norm": "seminorm"}
-    return cnflow.solve(
-        func, y0, t, rtol=rtol, atol=atol, method=method, gradient=gradient, **kwargs
-    )
+    return cnflow.solve(func, y0, t, rtol=rtol, atol=atol, method=method, gradient=gradient,
+                        **kwargs)
 
 
-def gaussian_log_likelihood(
-    x: torch.Tensor, mean: torch.Tensor, std: float, mask: torch.Tensor | None = None
-) -> torch.Tensor:
+def gaussian_log_likelihood(x: torch.Tensor, mean: torch.Tensor, std: float,
+                            mask: torch.Tensor | None = None) -> torch.Tensor:
     """Log density of ``x`` under ``N(mean, std^2)``, summed over all but the first dimension.
 
     Args:
@@ -110,16 +99,32 @@ def gaussian_log_likelihood(
 
     Returns:
         ``(B,)`` log-likelihood per sequence.
+
+    Example:
+        >>> x = torch.zeros(1, 3, 2)
+        >>> round(float(gaussian_log_likelihood(x, x, 1.0)), 4)  # 6 terms of -log(2 pi) / 2
+        -5.5136
     """
-    log_density = -0.5 * ((x - mean) / std) ** 2 - math.log(std) - 0.5 * math.log(2.0 * math.pi)
+    # No argument validation: it would raise ValueError on a NaN mean, where the training
+    # loop should see a non-finite loss and stop cleanly (LatentODE checks obs_std once).
+    normal = Normal(mean, torch.as_tensor(std, dtype=mean.dtype, device=mean.device),
+                    validate_args=False)
+    log_density = normal.log_prob(x)
     if mask is not None:
         log_density = log_density * mask.unsqueeze(-1).to(log_density.dtype)
     return log_density.flatten(1).sum(dim=1)
 
 
 def gaussian_kl(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-    """``KL(N(mean, exp(logvar)) || N(0, I))`` per row of ``(B, L)`` inputs; returns ``(B,)``."""
-    return 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).sum(dim=-1)
+    """``KL(N(mean, exp(logvar)) || N(0, I))`` per row of ``(B, L)`` inputs; returns ``(B,)``.
+
+    Example:
+        >>> float(gaussian_kl(torch.ones(1, 4), torch.zeros(1, 4)))  # 4 * 1 / 2
+        2.0
+    """
+    posterior = Normal(mean, (0.5 * logvar).exp(), validate_args=False)
+    prior = Normal(torch.zeros_like(mean), torch.ones_like(mean), validate_args=False)
+    return kl_divergence(posterior, prior).sum(dim=-1)
 
 
 class RecognitionRNN(nn.Module):
@@ -130,20 +135,14 @@ class RecognitionRNN(nn.Module):
     """
 
     def __init__(self, obs_dim: int = 2, hidden: int = 25, latent_dim: int = 4) -> None:
-        """Build the encoder.
-
-        Args:
-            obs_dim: dimension of one observation.
-            hidden: GRU hidden units.
-            latent_dim: dimension of ``z0``.
-        """
+        """A GRU of ``hidden`` units over ``(x_i, dt_i)``, ``x_i`` of ``obs_dim``; ``z0`` has
+        ``latent_dim`` dimensions."""
         super().__init__()
         self.rnn = nn.GRU(obs_dim + 1, hidden, batch_first=True)
         self.out = nn.Linear(hidden, 2 * latent_dim)
 
-    def forward(
-        self, x_obs: torch.Tensor, t_obs: torch.Tensor, t_start: float | torch.Tensor = 0.0
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x_obs: torch.Tensor, t_obs: torch.Tensor,
+                t_start: float | torch.Tensor = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
         """Posterior mean and log-variance of ``z0``.
 
         Args:
@@ -167,13 +166,9 @@ class LatentDynamics(nn.Module):
     def __init__(self, latent_dim: int = 4, hidden: int = 20) -> None:
         """Build the MLP ``latent_dim -> hidden -> hidden -> latent_dim``."""
         super().__init__()
-        self.net = nn.Sequential(
-            nn.Linear(latent_dim, hidden),
-            nn.ELU(),
-            nn.Linear(hidden, hidden),
-            nn.ELU(),
-            nn.Linear(hidden, latent_dim),
-        )
+        self.net = nn.Sequential(nn.Linear(latent_dim, hidden), nn.ELU(),
+                                 nn.Linear(hidden, hidden), nn.ELU(),
+                                 nn.Linear(hidden, latent_dim))
 
     def forward(self, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """Evaluate ``f(z)``; ``t`` is accepted for the solver's ``func(t, y)`` signature."""
@@ -186,9 +181,8 @@ class Decoder(nn.Module):
     def __init__(self, latent_dim: int = 4, hidden: int = 20, obs_dim: int = 2) -> None:
         """Build the MLP ``latent_dim -> hidden -> obs_dim``."""
         super().__init__()
-        self.net = nn.Sequential(
-            nn.Linear(latent_dim, hidden), nn.ReLU(), nn.Linear(hidden, obs_dim)
-        )
+        self.net = nn.Sequential(nn.Linear(latent_dim, hidden), nn.ReLU(),
+                                 nn.Linear(hidden, obs_dim))
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         """Decode ``(..., latent_dim)`` to ``(..., obs_dim)``."""
@@ -233,12 +227,39 @@ class IntensityAugmentedDynamics(nn.Module):
         return torch.cat([self.dynamics(t, z), rate], dim=-1)
 
 
-def poisson_log_likelihood_from_path(
-    log_intensity: torch.Tensor,
-    compensator: torch.Tensor,
-    event_mask: torch.Tensor,
-    end_index: int | None = None,
-) -> torch.Tensor:
+def solve_latent(dynamics: nn.Module, z0: torch.Tensor, t: torch.Tensor,
+                 log_intensity: nn.Module | None = None, **solve: Any
+                 ) -> tuple[torch.Tensor, torch.Tensor | None, Any]:
+    """Latent path from ``z0`` at ``t[0]`` and, with ``log_intensity``, its compensator.
+
+    With an intensity, the ODE state carries one more component, the integrated intensity
+    ``Lambda`` (starting at 0), so one adaptive solve gives both to the solver's tolerance.
+
+    Args:
+        dynamics: latent vector field ``dynamics(t, z)``.
+        z0: ``(B, L)`` latent state at ``t[0]``.
+        t: ``(T,)`` increasing output times.
+        log_intensity: ``log lambda(z)`` of shape ``z.shape[:-1]``, or None.
+        **solve: ``rtol``, ``atol`` and optionally ``method`` and ``gradient`` of
+            :func:`solve_ode`.
+
+    Returns:
+        ``(zs, compensator, solution)``: the ``(B, T, L)`` path, the ``(B, T)`` integrated
+        intensity (None without ``log_intensity``) and the solver's solution.
+    """
+    if log_intensity is None:
+        solution = solve_ode(dynamics, z0, t, **solve)
+        return solution.ys.transpose(0, 1), None, solution
+    augmented = IntensityAugmentedDynamics(dynamics, log_intensity)
+    y0 = torch.cat([z0, z0.new_zeros(z0.shape[0], 1)], dim=-1)
+    solution = solve_ode(augmented, y0, t, **solve)
+    ys = solution.ys.transpose(0, 1)
+    return ys[..., :-1], ys[..., -1], solution
+
+
+def poisson_log_likelihood_from_path(log_intensity: torch.Tensor, compensator: torch.Tensor,
+                                     event_mask: torch.Tensor, end_index: int | None = None
+                                     ) -> torch.Tensor:
     """Poisson-process log-likelihood from values along a solved path.
 
     ``log p = sum_i log lambda(z(t_i)) - integral_{t_0}^{t_end} lambda(z(t)) dt``, where the
@@ -266,22 +287,12 @@ def poisson_log_likelihood_from_path(
     return events - (compensator[:, end] - compensator[:, 0])
 
 
-def poisson_process_log_likelihood(
-    dynamics: nn.Module,
-    log_intensity: nn.Module,
-    z0: torch.Tensor,
-    t: torch.Tensor,
-    event_mask: torch.Tensor,
-    *,
-    rtol: float = 1e-7,
-    atol: float = 1e-9,
-    method: str = "dopri5",
-    gradient: str = "direct",
-) -> tuple[torch.Tensor, torch.Tensor]:
+def poisson_process_log_likelihood(dynamics: nn.Module, log_intensity: nn.Module,
+                                   z0: torch.Tensor, t: torch.Tensor, event_mask: torch.Tensor,
+                                   *, rtol: float = 1e-7, atol: float = 1e-9,
+                                   method: str = "dopri5", gradient: str = "direct"
+                                   ) -> tuple[torch.Tensor, torch.Tensor]:
     """Log-likelihood of event times under the intensity ``lambda(z(t))`` of a latent ODE path.
-
-    The compensator is integrated by augmenting the ODE state with one component, so one
-    adaptive solve gives both ``z(t)`` and the integral, to the solver's tolerance.
 
     Args:
         dynamics: latent vector field ``dynamics(t, z)``.
@@ -289,8 +300,7 @@ def poisson_process_log_likelihood(
         z0: ``(B, L)`` latent state at ``t[0]``.
         t: ``(T,)`` grid; the observation interval is ``[t[0], t[-1]]``.
         event_mask: ``(B, T)`` bool, True at the grid times where events occurred.
-        rtol: relative tolerance of the solve.
-        atol: absolute tolerance of the solve.
+        rtol, atol: tolerances of the solve.
         method: solver name.
         gradient: ``"direct"``, ``"adjoint"`` or ``"checkpoint"``.
 
@@ -301,17 +311,12 @@ def poisson_process_log_likelihood(
         ValueError: shapes do not match.
     """
     if event_mask.shape != (z0.shape[0], t.shape[0]):
-        raise ValueError(
-            f"event_mask has shape {tuple(event_mask.shape)}, expected (batch, len(t)) = "
-            f"{(z0.shape[0], t.shape[0])}"
-        )
-    augmented = IntensityAugmentedDynamics(dynamics, log_intensity)
-    y0 = torch.cat([z0, z0.new_zeros(z0.shape[0], 1)], dim=-1)
-    ys = solve_ode(augmented, y0, t, rtol=rtol, atol=atol, method=method, gradient=gradient).ys
-    zs = ys[..., :-1]
-    log_lam = log_intensity(zs).transpose(0, 1)
-    log_lik = poisson_log_likelihood_from_path(log_lam, ys[..., -1].transpose(0, 1), event_mask)
-    return log_lik, zs
+        raise ValueError(f"event_mask has shape {tuple(event_mask.shape)}, expected "
+                         f"(batch, len(t)) = {(z0.shape[0], t.shape[0])}")
+    zs, compensator, _ = solve_latent(dynamics, z0, t, log_intensity, rtol=rtol, atol=atol,
+                                      method=method, gradient=gradient)
+    log_lik = poisson_log_likelihood_from_path(log_intensity(zs), compensator, event_mask)
+    return log_lik, zs.transpose(0, 1)
 
 
 @dataclass
@@ -336,41 +341,28 @@ class ElboOutput:
 
 
 class LatentODE(nn.Module):
-    """Latent ODE: recognition RNN, latent neural ODE, decoder, optional Poisson intensity."""
+    """Latent ODE: recognition RNN, latent neural ODE, decoder, optional Poisson intensity.
 
-    def __init__(
-        self,
-        obs_dim: int = 2,
-        latent_dim: int = 4,
-        rnn_hidden: int = 25,
-        dynamics_hidden: int = 20,
-        decoder_hidden: int = 20,
-        *,
-        obs_std: float = 0.1,
-        poisson: bool = False,
-        intensity_hidden: int = 20,
-        rtol: float = 1e-3,
-        atol: float = 1e-4,
-        method: str = "dopri5",
-    ) -> None:
-        """Build the model.
+    Args:
+        obs_dim: dimension of one observation.
+        latent_dim: dimension of the latent state.
+        rnn_hidden: hidden units of the recognition GRU.
+        dynamics_hidden: hidden units of the latent dynamics MLP.
+        decoder_hidden: hidden units of the decoder MLP.
+        obs_std: standard deviation of the Gaussian observation likelihood.
+        poisson: also model the observation times with a Poisson process.
+        intensity_hidden: hidden units of the intensity MLP (with ``poisson``).
+        rtol, atol: tolerances of the latent ODE solves.
+        method: solver name.
 
-        Args:
-            obs_dim: dimension of one observation.
-            latent_dim: dimension of the latent state.
-            rnn_hidden: hidden units of the recognition GRU.
-            dynamics_hidden: hidden units of the latent dynamics MLP.
-            decoder_hidden: hidden units of the decoder MLP.
-            obs_std: standard deviation of the Gaussian observation likelihood.
-            poisson: also model the observation times with a Poisson process.
-            intensity_hidden: hidden units of the intensity MLP (with ``poisson``).
-            rtol: relative tolerance of the latent ODE solves.
-            atol: absolute tolerance of the latent ODE solves.
-            method: solver name.
+    Raises:
+        ValueError: ``obs_std`` is not positive.
+    """
 
-        Raises:
-            ValueError: ``obs_std`` is not positive.
-        """
+    def __init__(self, obs_dim: int = 2, latent_dim: int = 4, rnn_hidden: int = 25,
+                 dynamics_hidden: int = 20, decoder_hidden: int = 20, *, obs_std: float = 0.1,
+                 poisson: bool = False, intensity_hidden: int = 20, rtol: float = 1e-3,
+                 atol: float = 1e-4, method: str = "dopri5") -> None:
         super().__init__()
         if not obs_std > 0.0:
             raise ValueError(f"obs_std={obs_std} must be positive")
@@ -381,73 +373,42 @@ class LatentODE(nn.Module):
         self.dynamics = LatentDynamics(latent_dim, dynamics_hidden)
         self.decoder = Decoder(latent_dim, decoder_hidden, obs_dim)
         self.log_intensity = LogIntensity(latent_dim, intensity_hidden) if poisson else None
+        #: Solver statistics of the last solve (``.forward.nfe``, ``.backward.nfe``).
+        self.last_stats: Any = None
 
     @property
     def poisson(self) -> bool:
         """Whether the model includes the Poisson-process likelihood of observation times."""
         return self.log_intensity is not None
 
-    def encode(
-        self, x_obs: torch.Tensor, t_obs: torch.Tensor, t_start: float | torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Posterior mean and log-variance of ``z0`` at ``t_start`` from the observed points.
-
-        Args:
-            x_obs: ``(B, n, D)`` observations in increasing time order.
-            t_obs: ``(B, n)`` their times.
-            t_start: time of ``z0``.
-
-        Returns:
-            ``(mean, logvar)``, each ``(B, latent_dim)``.
-        """
+    def encode(self, x_obs: torch.Tensor, t_obs: torch.Tensor, t_start: float | torch.Tensor
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Posterior mean and log-variance ``(B, latent_dim)`` of ``z0`` at ``t_start`` from
+        the observations ``x_obs`` ``(B, n, D)`` at times ``t_obs`` ``(B, n)``."""
         return self.encoder(x_obs, t_obs, t_start)
 
     def decode(self, zs: torch.Tensor) -> torch.Tensor:
         """Observation means ``(..., D)`` of latent states ``(..., L)``, in the data's units."""
         return self.decoder(zs)
 
-    def trajectory(
-        self, z0: torch.Tensor, times: torch.Tensor, gradient: str = DEFAULT_GRADIENT
-    ) -> tuple[torch.Tensor, torch.Tensor | None, Any]:
-        """Solve the latent ODE from ``z0`` at ``times[0]`` and report it at ``times``.
+    def trajectory(self, z0: torch.Tensor, times: torch.Tensor,
+                   gradient: str = DEFAULT_GRADIENT
+                   ) -> tuple[torch.Tensor, torch.Tensor | None, Any]:
+        """Solve the latent ODE from ``z0`` ``(B, L)`` at ``times[0]``; see
+        :func:`solve_latent` for the returned ``(zs, compensator, solution)``."""
+        zs, compensator, solution = solve_latent(
+            self.dynamics, z0, times, self.log_intensity, rtol=self.rtol, atol=self.atol,
+            method=self.method, gradient=gradient)
+        # Read by cnflow.training.fit for the NFE of each step (the backward counts fill in
+        # during backward, before fit reads them).
+        self.last_stats = solution.stats
+        return zs, compensator, solution
 
-        Args:
-            z0: ``(B, L)`` latent state at ``times[0]``.
-            times: ``(T,)`` increasing times.
-            gradient: how the solver differentiates.
-
-        Returns:
-            ``(zs, compensator, solution)``: ``(B, T, L)`` latent path, ``(B, T)`` integrated
-            intensity (None without the Poisson process) and the solver's solution object.
-        """
-        if self.log_intensity is None:
-            func: nn.Module = self.dynamics
-            y0 = z0
-        else:
-            func = IntensityAugmentedDynamics(self.dynamics, self.log_intensity)
-            y0 = torch.cat([z0, z0.new_zeros(z0.shape[0], 1)], dim=-1)
-        solution = solve_ode(
-            func, y0, times, rtol=self.rtol, atol=self.atol, method=self.method, gradient=gradient
-        )
-        ys = solution.ys.transpose(0, 1)
-        if self.log_intensity is None:
-            return ys, None, solution
-        return ys[..., :-1], ys[..., -1], solution
-
-    def elbo(
-        self,
-        x_obs: torch.Tensor,
-        t_obs: torch.Tensor,
-        times: torch.Tensor,
-        x_target: torch.Tensor,
-        target_mask: torch.Tensor,
-        *,
-        weights: torch.Tensor | None = None,
-        event_mask: torch.Tensor | None = None,
-        event_end_index: int | None = None,
-        gradient: str = DEFAULT_GRADIENT,
-        sample: bool = True,
-    ) -> ElboOutput:
+    def elbo(self, x_obs: torch.Tensor, t_obs: torch.Tensor, times: torch.Tensor,
+             x_target: torch.Tensor, target_mask: torch.Tensor, *,
+             weights: torch.Tensor | None = None, event_mask: torch.Tensor | None = None,
+             event_end_index: int | None = None, gradient: str = DEFAULT_GRADIENT,
+             sample: bool = True) -> ElboOutput:
         """Negative ELBO with a single reparameterised sample of ``z0``.
 
         ``ELBO = log p(x_target | z) [+ log p(event times | z)] - KL(q(z0 | x_obs) || N(0, I))``
@@ -478,11 +439,12 @@ class LatentODE(nn.Module):
             ValueError: shapes disagree, or the Poisson model lacks ``event_mask``.
         """
         n_times = times.shape[0]
-        if x_target.shape[:2] != (x_obs.shape[0], n_times) or target_mask.shape != x_target.shape[:2]:
+        if (x_target.shape[:2] != (x_obs.shape[0], n_times)
+                or target_mask.shape != x_target.shape[:2]):
             raise ValueError(
                 f"x_target {tuple(x_target.shape)} and target_mask {tuple(target_mask.shape)} "
-                f"must be (batch, len(times)[, D]) with batch={x_obs.shape[0]}, len(times)={n_times}"
-            )
+                f"must be (batch, len(times)[, D]) with batch={x_obs.shape[0]}, "
+                f"len(times)={n_times}")
         if self.log_intensity is not None and event_mask is None:
             raise ValueError("a LatentODE with poisson=True needs event_mask")
         w = times.new_ones(n_times) if weights is None else weights.to(times.dtype)
@@ -490,85 +452,25 @@ class LatentODE(nn.Module):
         z0 = mean + torch.randn_like(mean) * (0.5 * logvar).exp() if sample else mean
         zs, compensator, solution = self.trajectory(z0, times, gradient)
         prediction = self.decode(zs)
-        log_lik = gaussian_log_likelihood(
-            x_target, prediction, self.obs_std, target_mask.to(w.dtype) * w
-        )
+        log_lik = gaussian_log_likelihood(x_target, prediction, self.obs_std,
+                                          target_mask.to(w.dtype) * w)
         kl = gaussian_kl(mean, logvar)
         elbo = log_lik - kl
         poisson_ll = None
         if compensator is not None:
             poisson_ll = poisson_log_likelihood_from_path(
-                self.log_intensity(zs) * w, compensator, event_mask, event_end_index
-            )
+                self.log_intensity(zs) * w, compensator, event_mask, event_end_index)
             elbo = elbo + poisson_ll
             poisson_ll = poisson_ll.mean()
-        return ElboOutput(
-            loss=-elbo.mean(),
-            log_likelihood=log_lik.mean(),
-            kl=kl.mean(),
-            poisson_log_likelihood=poisson_ll,
-            prediction=prediction,
-            solution=solution,
-        )
+        return ElboOutput(loss=-elbo.mean(), log_likelihood=log_lik.mean(), kl=kl.mean(),
+                          poisson_log_likelihood=poisson_ll, prediction=prediction,
+                          solution=solution)
 
     @torch.no_grad()
-    def predict(
-        self, x_obs: torch.Tensor, t_obs: torch.Tensor, times: torch.Tensor
-    ) -> torch.Tensor:
-        """Decoded means at ``times`` from the posterior mean of ``z0`` (at ``times[0]``).
-
-        Args:
-            x_obs: ``(B, n, D)`` observations.
-            t_obs: ``(B, n)`` their times.
-            times: ``(T,)`` increasing output times.
-
-        Returns:
-            ``(B, T, D)`` predictions.
-        """
+    def predict(self, x_obs: torch.Tensor, t_obs: torch.Tensor, times: torch.Tensor
+                ) -> torch.Tensor:
+        """Decoded means ``(B, T, D)`` at ``times`` ``(T,)`` from the posterior mean of
+        ``z0`` (at ``times[0]``) given ``x_obs`` ``(B, n, D)`` at ``t_obs`` ``(B, n)``."""
         mean, _ = self.encode(x_obs, t_obs, times[0])
         zs, _, _ = self.trajectory(mean, times, gradient="direct")
         return self.decode(zs)
-
-
-class RNNBaseline(nn.Module):
-    """Autoregressive GRU fed time differences, trained to predict the observations directly.
-
-    At each step it reads ``(x_i, delta_i)``, where ``delta_i`` is the time to the point it must
-    predict next, and outputs that point. Over the observed points it is teacher-forced; beyond
-    them it feeds back its own predictions on the regular target grid.
-    """
-
-    def __init__(self, obs_dim: int = 2, hidden: int = 25) -> None:
-        """Build the GRU (same size as the latent ODE's recognition RNN) and its output layer."""
-        super().__init__()
-        self.rnn = nn.GRU(obs_dim + 1, hidden, batch_first=True)
-        self.head = nn.Linear(hidden, obs_dim)
-
-    def forward(
-        self, x_obs: torch.Tensor, t_obs: torch.Tensor, t_future: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """One-step predictions of the observed points and free-running predictions of the future.
-
-        Args:
-            x_obs: ``(B, n, D)`` observations in increasing time order.
-            t_obs: ``(B, n)`` their times.
-            t_future: ``(F,)`` increasing target times after the last observation.
-
-        Returns:
-            ``(next_obs, future)``: ``(B, n - 1, D)`` predictions of observations 2..n and
-            ``(B, F, D)`` predictions at ``t_future``.
-        """
-        batch = x_obs.shape[0]
-        first_gap = (t_future[0] - t_obs[:, -1:]).to(x_obs.dtype)
-        gaps = torch.cat([t_obs[:, 1:] - t_obs[:, :-1], first_gap], dim=1)
-        out, hidden = self.rnn(torch.cat([x_obs, gaps.unsqueeze(-1)], dim=-1))
-        steps = self.head(out)
-        current = steps[:, -1]
-        future = [current]
-        future_gaps = (t_future[1:] - t_future[:-1]).to(x_obs.dtype)
-        for gap in future_gaps:
-            step_in = torch.cat([current, gap.expand(batch, 1)], dim=-1).unsqueeze(1)
-            out, hidden = self.rnn(step_in, hidden)
-            current = self.head(out[:, 0])
-            future.append(current)
-        return steps[:, :-1], torch.stack(future, dim=1)

@@ -1,0 +1,102 @@
+"""`cnflow latent`: options generated from LatentConfig, one usage error for a bad value, and
+a tiny run that writes the run folder and a report whose command reproduces it."""
+
+from __future__ import annotations
+
+import json
+import shlex
+
+import pytest
+import torch
+from click.testing import CliRunner
+from cnflow.cli.latent import config_from, latent
+from cnflow.cli.main import cli
+
+from cnflow.experiments.latent_ode import LatentConfig
+from cnflow.models.latent_ode import LatentODE
+from cnflow.solvers import ODESolverError
+
+TINY = ["latent", "--n-obs", "10", "--iterations", "2", "--rnn-iterations", "2",
+        "--batch-size", "8", "--time-subsample", "4"]
+
+
+@pytest.fixture(autouse=True)
+def _restore_threads():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--n-obs", "101"], "n_obs entries must be an integer in [1, 100], got 101"),
+        (["--n-obs", "0"], "n_obs entries must be an integer in [1, 100], got 0"),
+        (["--model", "transformer"], "transformer"),
+        (["--iterations", "0"], "iterations must be an integer >= 1, got 0"),
+        (["--no-train-future", "--time-subsample", "150"],
+         "time_subsample must be an integer in [0, 98], got 150"),
+        (["--eval-every", "-1"], "eval_every must be an integer >= 0, got -1"),
+        (["--final-lr-factor", "2"], "final_lr_factor must be a finite number > 0 and <= 1"),
+        (["--lr", "nan"], "'--lr'"),
+        (["--gradient", "backprop"], "gradient='backprop' is not one of"),
+        (["--device", "tpu"], "device='tpu' is not one of"),
+    ],
+)
+def test_cli_rejects_bad_input_and_writes_nothing(tmp_path, args, message):
+    out = tmp_path / "out"
+    md = tmp_path / "report.md"
+    result = CliRunner().invoke(cli, ["latent", *args, "--out", str(out), "--md", str(md)])
+    assert result.exit_code == 2, result.output
+    assert message in result.output and result.output.count("Error:") == 1
+    assert not out.exists() and not md.exists()
+
+
+def test_every_config_field_is_an_option_with_the_config_default():
+    ctx = latent.make_context("latent", [])
+    assert config_from(ctx.params) == LatentConfig()
+
+
+def test_cli_tiny_run_writes_everything_and_its_command_reproduces_it(tmp_path):
+    out = tmp_path / "latent_ode"
+    md = tmp_path / "latent_ode.md"
+    result = CliRunner().invoke(cli, [*TINY, "--seed", "3", "--out", str(out), "--md", str(md)])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["runs"]) == {"latent-ode/n=10", "rnn/n=10"} and metrics["complete"]
+    assert metrics["runs"]["rnn/n=10"]["curve"]["step"] == [2]
+    assert metrics["runs"]["latent-ode/n=10"]["stop_reason"] == "steps"
+    for name in ("checkpoints/latent-ode_n10.pt", "checkpoints/rnn_n10.pt",
+                 "predictions_n10.png", "interpolation_n10.png", "learning_curves.png"):
+        assert (out / name).stat().st_size > 0, name
+    # config.json is the config; the recorded command, parsed again, gives the same one.
+    config = LatentConfig(**json.loads((out / "config.json").read_text()))
+    assert config == LatentConfig(**metrics["config"]) and config.seed == 3
+    command = shlex.split(metrics["command"])
+    assert command[:2] == ["cnflow", "latent"] and command[-1] == "--overwrite"
+    ctx = latent.make_context("latent", command[2:])
+    assert config_from(ctx.params) == config
+    assert ctx.params["out"] == out and ctx.params["md"] == md and ctx.params["threads"] == 1
+    text = md.read_text()
+    assert "Table 2 analog" in text and metrics["command"] in text
+    # The figures are embedded in the report, with paths relative to it.
+    assert "![learning curves](latent_ode/learning_curves.png)" in text
+    assert "![predictions n=10](latent_ode/predictions_n10.png)" in text
+    checkpoint = torch.load(out / "checkpoints" / "latent-ode_n10.pt", weights_only=False)
+    LatentODE().load_state_dict(checkpoint["state_dict"])
+    # Rerunning the recorded command replaces the run (it carries --overwrite).
+    again = CliRunner().invoke(cli, [*command[1:-3], "--no-figures", "--overwrite"])
+    assert again.exit_code == 0, again.output
+    assert json.loads((out / "metrics.json").read_text())["runs"]["rnn/n=10"]["rmse_extrapolation"] \
+        == metrics["runs"]["rnn/n=10"]["rmse_extrapolation"]
+
+
+def test_a_solve_that_blows_up_leaves_no_results(tmp_path, monkeypatch):
+    def blow_up(*args, **kwargs):
+        raise ODESolverError("dopri5: the state became NaN/inf")
+
+    monkeypatch.setattr("cnflow.experiments.latent_ode.experiment.train_model", blow_up)
+    out = tmp_path / "run"
+    result = CliRunner().invoke(cli, [*TINY, "--no-figures", "--out", str(out)])
+    assert result.exit_code == 1 and "became NaN/inf" in result.output
+    assert not out.exists()  # neither config.json, results nor the lock file
