@@ -18,6 +18,7 @@ from cnflow.cli.options import FRACTION, NON_NEGATIVE, POSITIVE
 import toydata
 from cnflow.density import (
     DEFAULT_FINETUNE,
+    DEFAULT_ITERATIONS,
     DEFAULT_OBJECTIVE,
     DYNAMICS,
     CheckpointError,
@@ -170,7 +171,8 @@ class RankFailure(click.ClickException):
                    "included; the run then stops cleanly with its best weights.")
 @click.option("--iterations", type=click.IntRange(1), default=None,
               help="Built-in datasets: training steps (one fresh batch each), validated ten "
-                   "times  [default: 800 for mle, 2000 for flow matching]")
+                   "times  [default: " + ", ".join(f"{n} for {k}" for k, n in
+                                                   DEFAULT_ITERATIONS.items()) + "]")
 @click.option("--batch-size", type=click.IntRange(1), default=None,
               help="[default: 512 for mle, 256 for flow matching]")
 @click.option("--min-epoch-steps", type=click.IntRange(1), default=None,

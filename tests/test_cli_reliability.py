@@ -188,7 +188,7 @@ def test_compare_report_names_a_result_file_it_cannot_use(tmp_path, text, proble
 
 @pytest.mark.parametrize("command, target", [
     ("classify", "cnflow.experiments.odenet.train_classifier"),
-    ("latent", "cnflow.experiments.latent_ode.fit_with_curve"),
+    ("latent", "cnflow.experiments.latent_ode.experiment.train_model"),
     ("mle", "cnflow.experiments.compare._train"),
 ])
 def test_a_solve_that_blows_up_is_one_message_and_leaves_no_results(tmp_path, monkeypatch,
