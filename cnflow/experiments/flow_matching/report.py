@@ -44,6 +44,7 @@ def learning_curves(results: list[dict[str, Any]], path: Path) -> None:
 
 
 def _describe(settings: dict[str, Any]) -> str:
+    """A 2-D fit's training in words: its steps, batch and rate, and its fine-tune."""
     text = (f"{settings['iterations']} steps of {settings['batch_size']} at lr "
             f"{settings['lr']:g}")
     if settings["finetune"]:
@@ -54,8 +55,9 @@ def _describe(settings: dict[str, Any]) -> str:
 
 def two_d_section(results: list[dict[str, Any]], figure_name: str) -> list[str]:
     """The whole ``cnflow fit`` of each objective in 2-D, and the 2-D goal."""
-    first = {r["variant"]: r["settings"] for r in results}
-    some = next(iter(first.values()))
+    # The settings of each variant (the same for both data sets: both are built in).
+    settings = {r["variant"]: r["settings"] for r in results}
+    some = next(iter(settings.values()))
     rows = [[r["dataset"], r["variant"], plus_minus(r["test_nll"], r["test_nll_stderr"], 4),
              f"{r['gap']:+.4f}", plus_minus(r["kl"], r["kl_stderr"], 4),
              f"{r['cpu_seconds']:.1f}",
@@ -68,7 +70,7 @@ def two_d_section(results: list[dict[str, Any]], figure_name: str) -> list[str]:
     return [
         "## 2-D: the whole command, objective by objective", "",
         ("`cnflow fit NAME --objective …` with every other setting at its default ("
-         + "; ".join(f"{v}: {_describe(s)}" for v, s in first.items()) + "), one thread. "
+         + "; ".join(f"{v}: {_describe(s)}" for v, s in settings.items()) + "), one thread. "
          "CPU s: the whole run (training, validations, the exact test NLL on "
          f"{some['test_size']:,} points, figures), without the interpreter's start-up. "
          "Reached: the training CPU time at which the validation NLL "
@@ -86,6 +88,7 @@ def two_d_section(results: list[dict[str, Any]], figure_name: str) -> list[str]:
 
 
 def _default_file_fit() -> str:
+    """``cnflow fit FILE``'s default objective, with its fine-tune steps if any."""
     finetune = DEFAULT_FINETUNE["file"]
     return DEFAULT_OBJECTIVE["file"] + (f" + {finetune} fine-tune steps" if finetune else "")
 
