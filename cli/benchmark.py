@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import click
-from cnflow.cli.options import POSITIVE, build_config, config_options
+from cnflow.cli.options import build_config, config_options
 
 from cnflow.experiments import cnf_bench, ddp_bench, gpu_bench, solver_bench
-from cnflow.experiments.tabular import MODELS as _TABULAR_MODELS
-from cnflow.experiments.tabular import SETS as _TABULAR_SETS
-from cnflow.experiments.tabular import SWEEP_SETS as _SWEEP_SETS
+from cnflow.experiments.flow_matching.benchmark import DEFAULT_WORK as FLOW_MATCHING_WORK
+from cnflow.experiments.flow_matching.config import FlowMatchingBenchConfig
+from cnflow.experiments.reporting import report_beside
+from cnflow.experiments.tabular.benchmark import DEFAULT_WORK as TABULAR_WORK
+from cnflow.experiments.tabular.config import TabularConfig
 
 
 def _require_peer(name: str) -> None:
@@ -55,81 +60,49 @@ def cnf(out: str, runs: str, reuse_fits: bool, **settings) -> None:
     click.echo(cnf_bench.run(config, out, runs, refit=not reuse_fits))
 
 
+def _report_options(name: str, work: str, fresh: str) -> Callable[[Callable], Callable]:
+    """``--out`` (the report's folder, ``results/<name>``), ``--work`` and ``--fresh``."""
+    def decorate(func: Callable) -> Callable:
+        func = click.option("--fresh", is_flag=True, help=fresh)(func)
+        func = click.option("--work", type=click.Path(file_okay=False), default=work,
+                            show_default=True, help="Run folders and caches of finished "
+                                                    "runs.")(func)
+        return click.option("--out", type=click.Path(file_okay=False),
+                            default=f"results/{name}", show_default=True,
+                            help=f"Folder of the report: config.json, {name}.md, its "
+                                 f"figures and {name}.json.")(func)
+
+    return decorate
+
+
 @benchmark.command()
-@click.option("--out", type=click.Path(dir_okay=False, writable=True),
-              default="results/tabular.md", show_default=True,
-              help="Markdown report to write (with a .png figure and a .json of every fit).")
-@click.option("--work", type=click.Path(file_okay=False), default="results/runs/tabular",
-              show_default=True, help="Splits and the cache of finished fits.")
-@click.option("--sets", default=",".join(_TABULAR_SETS), show_default=True,
-              help="Comma-separated benchmark sets.")
-@click.option("--models", default=",".join(_TABULAR_MODELS), show_default=True,
-              help="Comma-separated models.")
-@click.option("--seeds", type=click.IntRange(1), default=3, show_default=True,
-              help="Seeds (splits and initialisations) per set and model.")
-@click.option("--budget", type=POSITIVE, default=60.0,
-              show_default=True, help="CPU seconds per fit (training and validation).")
-@click.option("--jobs", type=click.IntRange(1), default=2, show_default=True,
-              help="Fits run in parallel, one thread each.")
-@click.option("--sweep-sets", default=",".join(_SWEEP_SETS), show_default=True,
-              help="Sets of the defaults sweep (cnflow fit's settings against the "
-                   "alternatives); empty to skip it.")
-@click.option("--full-runs/--no-full-runs", default=True, show_default=True,
-              help="Also run the whole default `cnflow fit` on a 20,000 x 6 table.")
-@click.option("--fresh", is_flag=True, help="Ignore cached fits in --work.")
-def tabular(out: str, work: str, sets: str, models: str, seeds: int, budget: float,
-            jobs: int, sweep_sets: str, full_runs: bool, fresh: bool) -> None:
+@config_options(TabularConfig)
+@_report_options("tabular", TABULAR_WORK, "Ignore cached fits in --work.")
+def tabular(out: str, work: str, fresh: bool, **values: Any) -> None:
     """cnflow fit's default CNF vs zuko's NSF, MAF and CNF on tables (needs the `bench`
     extra)."""
-    import shlex
-
     _require_peer("zuko")
-    from cnflow.experiments.tabular import TabularConfig, write_report
+    from cnflow.experiments.tabular import run
 
-    try:
-        config = TabularConfig(sets=tuple(s for s in sets.split(",") if s),
-                               models=tuple(m for m in models.split(",") if m),
-                               seeds=tuple(range(seeds)), budget=budget, jobs=jobs,
-                               sweep_sets=tuple(s for s in sweep_sets.split(",") if s),
-                               full_runs=full_runs)
-    except ValueError as error:
-        raise click.UsageError(str(error)) from None
-    command = shlex.join(["cnflow", "benchmark", "tabular", "--sets", sets, "--models", models,
-                          "--seeds", str(seeds), "--budget", f"{budget:g}", "--jobs", str(jobs),
-                          "--sweep-sets", sweep_sets,
-                          "--full-runs" if full_runs else "--no-full-runs", "--out", out])
-    click.echo(write_report(config, out, work, command=command, reuse=not fresh,
-                            echo=click.echo))
+    config = build_config(TabularConfig, values)
+    run(config, out, work=work, reuse=not fresh, echo=click.echo)
+    click.echo(f"wrote {report_beside(out)} and {out}/")
 
 
 @benchmark.command("flow-matching")
-@click.option("--out", type=click.Path(dir_okay=False, writable=True),
-              default="results/flow_matching.md", show_default=True,
-              help="Markdown report to write (with .png figures and a .json).")
-@click.option("--work", type=click.Path(file_okay=False), default="results/runs/flow_matching",
-              show_default=True, help="Run directories; the tabular fits' cache is the "
-                                      "tabular benchmark's, beside it.")
-@click.option("--seeds", type=click.IntRange(1), default=3, show_default=True,
-              help="Seeds per set and model of the tabular section.")
-@click.option("--budget", type=POSITIVE, default=60.0,
-              show_default=True, help="CPU seconds per tabular fit.")
-@click.option("--jobs", type=click.IntRange(1), default=2, show_default=True,
-              help="Runs in parallel, one thread each.")
-@click.option("--fresh", is_flag=True,
-              help="Run everything again (ignore finished runs and cached fits).")
-def flow_matching(out: str, work: str, seeds: int, budget: float, jobs: int,
-                  fresh: bool) -> None:
+@config_options(FlowMatchingBenchConfig)
+@_report_options("flow_matching", FLOW_MATCHING_WORK,
+                 "Run everything again (ignore finished runs and cached fits).")
+def flow_matching(out: str, work: str, fresh: bool, **values: Any) -> None:
     """Flow matching vs maximum likelihood: 2-D runs, tables beside zuko's NSF, a
-    conditional model (needs the `bench` extra)."""
-    import shlex
-
+    conditional model (needs the `bench` extra). The tabular fits' cache is the tabular
+    benchmark's, beside --work."""
     _require_peer("zuko")
-    from cnflow.experiments.flow_matching import write_report
+    from cnflow.experiments.flow_matching import run
 
-    command = shlex.join(["cnflow", "benchmark", "flow-matching", "--seeds", str(seeds),
-                          "--budget", f"{budget:g}", "--jobs", str(jobs), "--out", out])
-    click.echo(write_report(out, work, command, seeds=seeds, budget=budget, jobs=jobs,
-                            reuse=not fresh, echo=click.echo))
+    config = build_config(FlowMatchingBenchConfig, values)
+    run(config, out, work=work, reuse=not fresh, echo=click.echo)
+    click.echo(f"wrote {report_beside(out)} and {out}/")
 
 
 @benchmark.command()

@@ -39,10 +39,12 @@ REPRODUCTIONS: dict[str, Reproduction] = {
         "cnflow benchmark ddp --processes 2 --repeats 3 --out results/ddp.md",),
         "about 20 minutes on 2 cores"),
     "tabular": Reproduction("results/tabular.md", (
-        ("cnflow benchmark tabular --sets wine,breast_cancer,digits,mnist_pca16,mix4,mix8,mix16 "
-        "--models cnflow,zuko_nsf,zuko_maf,zuko_cnf --seeds 3 --budget 60 --jobs 2 "
-        "--sweep-sets mix8,mnist_pca16,breast_cancer,digits --full-runs "
-        "--out results/tabular.md"),), "several hours on 2 cores (fits are cached)"),
+        ("cnflow benchmark tabular --sets "
+         "wine,breast_cancer,digits,mnist_pca16,mix4,mix8,mix16 --models "
+         "cnflow,zuko_nsf,zuko_maf,zuko_cnf --seeds 0,1,2 --budget 60.0 --jobs 2 --sweep "
+         "--sweep-sets mix8,mnist_pca16,breast_cancer,digits --full-runs --work "
+         "results/runs/tabular --out results/tabular"),
+    ), "several hours on 2 cores (fits are cached in results/runs/tabular)"),
     "flow_matching": Reproduction("results/flow_matching.md", (
         ("cnflow benchmark flow-matching --seeds 3 --budget 60 --jobs 2 "
         "--out results/flow_matching.md"),), "about an hour on 2 cores"),
@@ -64,15 +66,17 @@ REPRODUCTIONS: dict[str, Reproduction] = {
          "--md results/latent_ode_window_only.md --overwrite"),), "about 45 CPU-minutes"),
     "comparisons": Reproduction("results/comparisons.md", (
         ("cnflow compare density-matching --targets U1,U2,U3,U4 --nf-layers 2,8,32 "
-        "--cnf-widths 2,8,32 --seeds 0,1 --nf-iterations 20000 --cnf-iterations 2000 "
-        "--batch-size 256 --nf-lr 0.003 --cnf-lr 0.01 --eval-samples 10000 --grid 80 "
-        "--box-wall 100.0 --jobs 2 --threads 1 --out results/comparisons --overwrite"),
-        ("cnflow compare mle --datasets two_circles,two_moons --nf-layers 64 --cnf-width 64 "
-        "--seed 0 --nf-iterations 1500 --cnf-iterations 500 --batch-size 512 --nf-lr 0.005 "
-        "--cnf-lr 0.01 --test-size 20000 --grid 120 --figure-samples 20000 --threads 1 "
-        "--out results/comparisons --overwrite"),
-        "cnflow compare report --out results/comparisons --md results/comparisons.md",
-    ), "about 45 CPU-minutes"),
+         "--cnf-widths 2,8,32 --seeds 0,1 --nf-iterations 20000 --cnf-iterations 2000 "
+         "--batch-size 256 --nf-lr 0.003 --cnf-lr 0.01 --hidden 32 --rtol 1e-05 --atol "
+         "1e-05 --eval-tol 1e-06 --eval-samples 10000 --grid 80 --box-wall 100.0 --jobs 2 "
+         "--threads 1 --out results/comparisons/density_matching --overwrite"),
+        ("cnflow compare mle --datasets two_circles,two_moons --nf-layers 64 --cnf-width "
+         "64 --seed 0 --nf-iterations 1500 --cnf-iterations 500 --batch-size 512 --nf-lr "
+         "0.005 --cnf-lr 0.01 --hidden 32 --rtol 1e-05 --atol 1e-05 --eval-tol 1e-06 "
+         "--test-size 20000 --grid 120 --figure-samples 20000 --threads 1 --out "
+         "results/comparisons/mle --overwrite"),
+        ("cnflow compare report --out results/comparisons --md results/comparisons.md"),
+    ), "about an hour of CPU time"),
 }
 
 

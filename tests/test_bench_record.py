@@ -11,10 +11,10 @@ import pytest
 from click.testing import CliRunner
 from cnflow.cli.options import build_config, config_options
 
-from cnflow.experiments.bench_record import command_line, record_link, write_record
 from cnflow.experiments.cnf_bench import CNFBenchConfig
 from cnflow.experiments.ddp_bench import DDPBenchConfig
 from cnflow.experiments.gpu_bench import GPUBenchConfig
+from cnflow.experiments.reporting import command_line, record_link, write_record
 from cnflow.experiments.solver_bench import SolverBenchConfig
 
 CHANGED = [
@@ -35,7 +35,7 @@ def test_the_command_line_rebuilds_the_config(config):
     def command(out, **values):
         click.echo(repr(build_config(cls, values)))
 
-    line = command_line("cnflow benchmark x", config, out="a b.md")
+    line = command_line(("cnflow", "benchmark", "x"), config, changed_only=True, out="a b.md")
     args = shlex.split(line)
     assert args[:3] == ["cnflow", "benchmark", "x"] and args[-2:] == ["--out", "a b.md"]
     result = CliRunner().invoke(command, args[3:])
@@ -44,7 +44,7 @@ def test_the_command_line_rebuilds_the_config(config):
 
 
 def test_defaults_give_the_bare_command():
-    assert command_line("cnflow benchmark ddp", DDPBenchConfig(), out="results/ddp.md") == \
+    assert command_line(("cnflow", "benchmark", "ddp"), DDPBenchConfig(), changed_only=True, out="results/ddp.md") == \
         "cnflow benchmark ddp --out results/ddp.md"
 
 

@@ -158,12 +158,11 @@ def _mle_result(out: Path) -> None:
            "entropy_floor": 1.0, "cpu_seconds": 1.0, "skipped_steps": 3}
     write_json({"experiment": "mle", "command": "cnflow compare mle", "runs": [run],
                 "config": asdict(MLEConfig()), "test_seed": 0, "cpu_seconds": 1.0,
-                "wall_seconds": 1.0}, out / "mle.json")
+                "wall_seconds": 1.0}, out / "mle" / "mle.json")
 
 
 def test_compare_report_reads_null_numbers_and_refuses_unwritable_md(tmp_path):
     out = tmp_path / "cmp"
-    out.mkdir()
     _mle_result(out)
     (tmp_path / "file").write_text("x")
     md = tmp_path / "file" / "comparisons.md"
@@ -179,17 +178,17 @@ def test_compare_report_reads_null_numbers_and_refuses_unwritable_md(tmp_path):
                                            ("{", "it is not JSON")])
 def test_compare_report_names_a_result_file_it_cannot_use(tmp_path, text, problem):
     out = tmp_path / "cmp"
-    out.mkdir()
-    (out / "mle.json").write_text(text)
+    (out / "mle").mkdir(parents=True)
+    (out / "mle" / "mle.json").write_text(text)
     _refused(tmp_path, ["compare", "report", "--out", str(out), "--md",
-                        str(tmp_path / "comparisons.md")], str(out / "mle.json"), problem,
+                        str(tmp_path / "comparisons.md")], str(out / "mle" / "mle.json"), problem,
              code=1)
 
 
 @pytest.mark.parametrize("command, target", [
     ("classify", "cnflow.experiments.odenet.train_classifier"),
     ("latent", "cnflow.experiments.latent_ode.experiment.train_model"),
-    ("mle", "cnflow.experiments.compare._train"),
+    ("mle", "cnflow.experiments.compare.mle.train_flow"),
 ])
 def test_a_solve_that_blows_up_is_one_message_and_leaves_no_results(tmp_path, monkeypatch,
                                                                     command, target):
@@ -236,8 +235,8 @@ def test_mle_overwrite_replaces_only_its_own_results(tmp_path):
     assert result.exit_code == 1 and "(mle.json)" in result.output, result.output
     result = CliRunner().invoke(cli, [*args, "--overwrite"])
     assert result.exit_code == 0, result.output
-    assert _files(out) == ["density_matching.json", "density_matching.png", "mle.json",
-                           "mle.md", "mle.png", "mle_snapshots.png"]
+    assert _files(out) == ["config.json", "density_matching.json", "density_matching.png",
+                           "mle.json", "mle.md", "mle.png", "mle_snapshots.png"]
     assert (out / "density_matching.png").read_bytes() == b"kept"
     assert _strict_json(out / "mle.json")["experiment"] == "mle"
 

@@ -1,16 +1,21 @@
-"""`cnflow compare`: both comparisons run end to end in --quick mode; bad arguments fail clearly."""
+"""`cnflow compare`: both comparisons run end to end in --quick mode, their options are their
+configs' fields, and bad arguments fail clearly before anything is written."""
 
 from __future__ import annotations
 
 import json
-import math
+import shlex
 
 import pytest
 import torch
 from click.testing import CliRunner
+from cnflow.cli.compare import density_matching as density_command
+from cnflow.cli.compare import mle as mle_command
 from cnflow.cli.main import cli
+from cnflow.cli.options import build_config
 
-from cnflow.experiments.compare import DensityMatchingConfig, MLEConfig, reverse_kl
+from cnflow.experiments.compare import density_matching, mle
+from cnflow.experiments.reporting import command_line
 
 
 @pytest.fixture(autouse=True)
@@ -24,8 +29,8 @@ def _invoke(*args: str):
     return CliRunner().invoke(cli, ["compare", *args], catch_exceptions=False)
 
 
-def test_density_matching_quick_writes_table_figure_and_json(tmp_path):
-    out = tmp_path / "cmp"
+def test_density_matching_quick_writes_config_table_figure_and_json(tmp_path):
+    out = tmp_path / "cmp" / "density_matching"
     result = _invoke("density-matching", "--quick", "--targets", "U1,U3", "--out", str(out))
     assert result.exit_code == 0, result.output
     data = json.loads((out / "density_matching.json").read_text())
@@ -34,26 +39,30 @@ def test_density_matching_quick_writes_table_figure_and_json(tmp_path):
     assert all(r["kl"] == r["kl"] and r["iterations"] >= 1 for r in data["runs"])
     assert data["command"].startswith("cnflow compare density-matching --targets U1,U3 ")
     assert "--quick" not in data["command"]  # the recorded command spells every setting
+    assert json.loads((out / "config.json").read_text()) == data["config"]
     table = (out / "density_matching.md").read_text()
+    assert f"Regenerate: `{data['command']}`" in table
     assert "| U1 |" in table and "NF K=2" in table and "CNF M=2" in table
     assert (out / "density_matching.png").stat().st_size > 0
 
 
 def test_mle_quick_and_report(tmp_path):
     out = tmp_path / "cmp"
-    result = _invoke("mle", "--quick", "--datasets", "two_moons", "--out", str(out))
+    result = _invoke("mle", "--quick", "--datasets", "two_moons", "--out", str(out / "mle"))
     assert result.exit_code == 0, result.output
-    data = json.loads((out / "mle.json").read_text())
+    data = json.loads((out / "mle" / "mle.json").read_text())
     assert [r["model"] for r in data["runs"]] == ["NF", "CNF"]
     assert all(r["test_nll"] > r["entropy_floor"] - 0.5 for r in data["runs"])
-    for name in ("mle.png", "mle_snapshots.png", "mle.md"):
-        assert (out / name).stat().st_size > 0
+    for name in ("config.json", "mle.png", "mle_snapshots.png", "mle.md"):
+        assert (out / "mle" / name).stat().st_size > 0
     md = tmp_path / "comparisons.md"
     result = _invoke("report", "--out", str(out), "--md", str(md))
     assert result.exit_code == 0, result.output
     text = md.read_text()
     assert "Maximum likelihood" in text and "cnflow compare mle" in text
-    assert "](cmp/mle.png)" in text and "Density matching" not in text
+    assert "](cmp/mle/mle.png)" in text and "Density matching" not in text
+    assert shlex.join(["cnflow", "compare", "report", "--out", str(out), "--md", str(md)]) \
+        in text
 
 
 def test_quick_keeps_explicit_options(tmp_path):
@@ -66,65 +75,53 @@ def test_quick_keeps_explicit_options(tmp_path):
     assert data["config"]["nf_iterations"] == 3  # the quick value where none was given
 
 
+@pytest.mark.parametrize(("module", "command", "config"), [
+    (density_matching, density_command,
+     density_matching.DensityMatchingConfig(targets=("U2", "U4"), seeds=(3, 5), nf_lr=1e-4,
+                                            box_wall=0.0, jobs=2)),
+    (mle, mle_command, mle.MLEConfig(datasets=("two_moons",), seed=7, eval_tol=3e-7)),
+])
+def test_the_recorded_command_parses_back_into_its_config(module, command, config):
+    """The reproduction line and the generated options agree on every field."""
+    args = shlex.split(command_line(module.COMMAND, config, out="x", overwrite=True))
+    assert args[:len(module.COMMAND)] == list(module.COMMAND)
+    ctx = command.make_context(module.COMMAND[-1], args[len(module.COMMAND):])
+    assert build_config(type(config), ctx.params) == config
+    assert ctx.params["out"] == "x" and ctx.params["overwrite"]
+
+
+def test_every_setting_is_an_option_with_the_configs_default():
+    for command, config in ((density_command, density_matching.DensityMatchingConfig()),
+                            (mle_command, mle.MLEConfig())):
+        ctx = command.make_context(command.name, [])
+        assert build_config(type(config), ctx.params) == config
+
+
 @pytest.mark.parametrize(("args", "message"), [
-    (["density-matching", "--targets", "U9"], "unknown 'U9'; choose from U1, U2, U3, U4"),
-    (["density-matching", "--nf-layers", "0"], "0 is not allowed: every entry must be >= 1"),
+    (["density-matching", "--targets", "U9"],
+     "targets has unknown entries ['U9']; choose from ['U1', 'U2', 'U3', 'U4']"),
+    (["density-matching", "--nf-layers", "0"], "nf_layers entries must be an integer >= 1"),
     (["density-matching", "--cnf-widths", "2,,8"], "without empty entries"),
-    (["density-matching", "--seeds", ""], "non-empty list"),
-    (["density-matching", "--targets", "U1,U1"], "repeated entries"),
-    (["density-matching", "--nf-layers", "two"], "'two' is not an integer"),
-    (["density-matching", "--nf-iterations", "0"], "0 is not in the range x>=1"),
-    (["mle", "--datasets", "moons"], "unknown 'moons'; choose from"),
-    (["mle", "--nf-layers", "0"], "0 is not in the range x>=1"),
-    (["mle", "--datasets", ""], "non-empty list"),
+    (["density-matching", "--seeds", ""], "without empty entries"),
+    (["density-matching", "--targets", "U1,U1"], "targets has repeated entries"),
+    (["density-matching", "--nf-layers", "two"], "'two' is not a list of int"),
+    (["density-matching", "--nf-iterations", "0"], "nf_iterations must be an integer >= 1"),
+    (["density-matching", "--eval-samples", "1"], "eval_samples must be an integer >= 2"),
+    (["density-matching", "--jobs", "0"], "jobs must be an integer >= 1"),
+    (["mle", "--datasets", "moons"], "datasets has unknown entries ['moons']"),
+    (["mle", "--nf-layers", "0"], "nf_layers must be an integer >= 1, got 0"),
+    (["mle", "--datasets", ""], "without empty entries"),
+    (["mle", "--cnf-lr", "nan"], "cnf_lr must be a finite number > 0, got nan"),
 ])
 def test_bad_arguments_give_clear_errors(tmp_path, args, message):
     result = CliRunner().invoke(cli, ["compare", *args, "--quick", "--out", str(tmp_path)])
     assert result.exit_code == 2, result.output
     assert message in result.output
-    assert not (tmp_path / "density_matching.json").exists()
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_report_without_results_fails_clearly(tmp_path):
     result = CliRunner().invoke(cli, ["compare", "report", "--out", str(tmp_path),
                                       "--md", str(tmp_path / "x.md")])
     assert result.exit_code == 1
-    assert "no density_matching.json or mle.json" in result.output
-
-
-def test_configs_validate_their_arguments():
-    with pytest.raises(ValueError, match="nf_layers entries must be an integer >= 1, got 0"):
-        DensityMatchingConfig(nf_layers=(0,))
-    with pytest.raises(ValueError, match="targets must not be empty"):
-        DensityMatchingConfig(targets=())
-    with pytest.raises(ValueError, match=r"targets has unknown entries \['U7'\]"):
-        DensityMatchingConfig(targets=("U7",))
-    with pytest.raises(ValueError, match="datasets has unknown entries"):
-        MLEConfig(datasets=("spiral",))
-    with pytest.raises(ValueError, match="nf_lr must be a finite number > 0, got -1"):
-        MLEConfig(nf_lr=-1)
-
-
-def test_reverse_kl_is_zero_for_a_flow_that_matches_its_target():
-    """A Gaussian target through the same machinery: KL(N(0,I)‖N(0,I)) = 0 (up to the box)."""
-    from cnflow.flows import PlanarFlow
-
-    class Gauss:
-        box = ((-9.0, 9.0), (-9.0, 9.0))
-
-        @staticmethod
-        def energy(x):
-            return 0.5 * x.pow(2).sum(-1)
-
-        @staticmethod
-        def log_normalizer():
-            return math.log(2 * math.pi)
-
-    flow = PlanarFlow(2, layers=1, direction="generative").double()
-    with torch.no_grad():
-        flow.layers[0].w.zero_()
-        flow.layers[0].u.zero_()
-    estimate = reverse_kl(flow, Gauss, n=2000, seed=0)
-    assert estimate["kl"] == pytest.approx(0.0, abs=1e-12)
-    assert estimate["outside_box"] == 0.0
-
+    assert "no density_matching/density_matching.json or mle/mle.json" in result.output

@@ -23,12 +23,6 @@ import torch
 
 import toydata
 from cnflow.density import FitConfig, fit_run, load_checkpoint
-from cnflow.experiments.bench_record import (
-    command_line,
-    record_folder,
-    record_link,
-    write_record,
-)
 from cnflow.experiments.cnf_reference import (
     T1,
     TOL,
@@ -39,6 +33,12 @@ from cnflow.experiments.cnf_reference import (
     reference_joint_field,
 )
 from cnflow.experiments.cnf_report import report_text
+from cnflow.experiments.reporting import (
+    command_line,
+    record_folder,
+    record_link,
+    write_record,
+)
 from cnflow.flows.cnf import CNF
 from cnflow.runs import relative_path, write_text
 from cnflow.solvers import solve
@@ -262,7 +262,7 @@ def run(config: CNFBenchConfig, out: str | Path, runs: str | Path,
         rates += throughput(flow, "cuda", config.points, config.repeats)
     # --runs goes into the command line only where it is not the report's own folder.
     where = {} if Path(runs) == record_folder(out) else {"runs": runs}
-    command = command_line("cnflow benchmark cnf", config, **where, out=out)
+    command = command_line(("cnflow", "benchmark", "cnf"), config, changed_only=True, **where, out=out)
     folder = Path(out).parent
     text = report_text(config, command, speed, fits, rates,
                        load=(load_before, os.getloadavg()[0]),

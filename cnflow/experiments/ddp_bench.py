@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cnflow.experiments.bench_record import command_line, record_link, write_record
+from cnflow.experiments.reporting import command_line, record_link, write_record
 from cnflow.experiments.tabular import mix6_table
 from cnflow.report import markdown_table, pyplot, save_figure
 from cnflow.runs import environment, write_json, write_text
@@ -217,7 +217,7 @@ def write_report(config: DDPBenchConfig, results: dict[str, list[dict[str, Any]]
     out = Path(out)
     figure = out.with_name(out.stem + ".png")
     _figure(results, figure)
-    command = command_line("cnflow benchmark ddp", config, out=out)
+    command = command_line(("cnflow", "benchmark", "ddp"), config, changed_only=True, out=out)
     text, verdicts = report_text(config, results, command, figure.name, record_link(out))
     write_text(text, out)
     write_json({"command": command, "results": results, "goals_met": verdicts},

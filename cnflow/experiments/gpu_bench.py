@@ -19,8 +19,8 @@ from pathlib import Path
 import torch
 
 from cnflow.density import load_checkpoint
-from cnflow.experiments.bench_record import command_line, record_link, write_record
 from cnflow.experiments.cnf_bench import speed_comparison, throughput
+from cnflow.experiments.reporting import command_line, record_link, write_record
 from cnflow.report import markdown_table
 from cnflow.runs import environment, write_json, write_text
 from cnflow.validation import check_int, check_ints
@@ -71,7 +71,7 @@ def run(config: GPUBenchConfig, out: str | Path, model: str | Path,
     rates = throughput(flow, device, sizes=config.points, repeats=config.repeats)
     env = environment()
     name = torch.cuda.get_device_name(0) if device.startswith("cuda") else device
-    command = command_line("cnflow benchmark gpu", config, model=model, out=out)
+    command = command_line(("cnflow", "benchmark", "gpu"), config, changed_only=True, model=model, out=out)
     speed_rows = []
     for batch, s in speed.items():
         ref, ours, semi = s["reference"], s["cnflow"], s["cnflow_default"]

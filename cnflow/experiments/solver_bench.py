@@ -20,7 +20,7 @@ import torch
 from scipy.integrate import solve_ivp
 
 import cnflow
-from cnflow.experiments.bench_record import command_line, record_link, write_record
+from cnflow.experiments.reporting import command_line, record_link, write_record
 from cnflow.experiments.solver_report import report_text
 from cnflow.report import SavedTensorMemory
 from cnflow.runs import write_text
@@ -247,7 +247,7 @@ def run(config: SolverBenchConfig, out: str | Path) -> str:
     compare = compare_with_torchdiffeq(config.repeats, config.methods, config.tolerances)
     memory = graph_memory(config.steps)
     semi = seminorm_nfe(config.seminorm_tolerances)
-    text = report_text(config, command_line("cnflow benchmark solver", config, out=out),
+    text = report_text(config, command_line(("cnflow", "benchmark", "solver"), config, changed_only=True, out=out),
                        compare, memory, semi, load=(load_before, os.getloadavg()[0]),
                        record=record_link(out))
     write_text(text, out)

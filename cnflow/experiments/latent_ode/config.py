@@ -15,11 +15,11 @@ Example:
 
 from __future__ import annotations
 
-import shlex
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 from cnflow.data.spirals import NOISE_STD
+from cnflow.experiments import reporting
 from cnflow.models.latent_ode import DEFAULT_GRADIENT, GRADIENTS
 from cnflow.runs import resolve_device
 from cnflow.validation import check_choice, check_choices, check_float, check_int, check_ints
@@ -150,21 +150,12 @@ def command_line(config: LatentConfig, out_dir: str | Path, *,
         >>> command_line(LatentConfig(models=("rnn",), n_obs=(30,)), "out").split()[:6]
         ['cnflow', 'latent', '--model', 'rnn', '--n-obs', '30']
     """
-    args = ["cnflow", "latent", "--model", model_choice(config.models)]
+    command = ["cnflow", "latent", "--model", model_choice(config.models)]
     for n in config.n_obs:
-        args += ["--n-obs", str(n)]
-    for f in fields(config):
-        if f.name in LIST_FIELDS:
-            continue
-        value, flag = getattr(config, f.name), f.name.replace("_", "-")
-        if isinstance(value, bool):
-            args.append(f"--{flag}" if value else f"--no-{flag}")
-        else:
-            args += [f"--{flag}", str(value)]
-    args += ["--threads", str(threads), "--out", Path(out_dir).as_posix()]
-    if md_path is not None:
-        args += ["--md", Path(md_path).as_posix()]
-    if not figures:
-        args.append("--no-figures")
-    # Rerunning it replaces these very results, which a run folder refuses without this.
-    return shlex.join([*args, "--overwrite"])
+        command += ["--n-obs", str(n)]
+    # Rerunning it replaces these very results, which a run folder refuses without
+    # --overwrite.
+    return reporting.command_line(
+        command, config, skip=LIST_FIELDS, threads=threads, out=Path(out_dir).as_posix(),
+        md=Path(md_path).as_posix() if md_path is not None else None,
+        no_figures=not figures, overwrite=True)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import platform
-import shlex
 import sys
 import time
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from typing import Any
 import torch
 
 from cnflow.data.mnist import load_named
+from cnflow.experiments import reporting
 from cnflow.experiments.odenet.baselines import build_classifier
 from cnflow.experiments.odenet.memory import memory_vs_depth, plot_memory_vs_depth
 from cnflow.experiments.odenet.report import write_markdown
@@ -124,19 +124,12 @@ def command_line(config: OdenetResultsConfig, out_dir: str | Path = DEFAULT_OUT,
                  md_path: str | Path | None = None) -> str:
     """The ``cnflow odenet-results`` command that reruns ``config`` into ``out_dir``: the
     settings that differ from the defaults, as the generated options spell them."""
-    args = list(COMMAND)
-    defaults = OdenetResultsConfig()
-    for field in dataclasses.fields(config):
-        value = getattr(config, field.name)
-        if value != getattr(defaults, field.name):
-            text = ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
-            args += ["--" + field.name.replace("_", "-"), text]
-    if Path(out_dir) != DEFAULT_OUT:
-        args += ["--out", str(out_dir)]
-    if md_path is not None and Path(md_path) != default_md(out_dir):
-        args += ["--md", str(md_path)]
-    # Rerunning replaces these very results, which the folder refuses without it.
-    return shlex.join([*args, "--overwrite"])
+    md = md_path if md_path is not None and Path(md_path) != default_md(out_dir) else None
+    # Rerunning replaces these very results, which the folder refuses without --overwrite.
+    return reporting.command_line(
+        COMMAND, config, changed_only=True,
+        out=str(out_dir) if Path(out_dir) != DEFAULT_OUT else None,
+        md=str(md) if md is not None else None, overwrite=True)
 
 
 def _log(message: str) -> None:
