@@ -44,10 +44,14 @@ REPRODUCTIONS: dict[str, Reproduction] = {
          "cnflow,zuko_nsf,zuko_maf,zuko_cnf --seeds 0,1,2 --budget 60.0 --jobs 2 --sweep "
          "--sweep-sets mix8,mnist_pca16,breast_cancer,digits --full-runs --work "
          "results/runs/tabular --out results/tabular"),
-    ), "several hours on 2 cores (fits are cached in results/runs/tabular)"),
+    ), "several hours on 2 cores; fits are cached in results/runs/tabular"),
     "flow_matching": Reproduction("results/flow_matching.md", (
-        ("cnflow benchmark flow-matching --seeds 3 --budget 60 --jobs 2 "
-        "--out results/flow_matching.md"),), "about an hour on 2 cores"),
+        ("cnflow benchmark flow-matching --sets "
+         "wine,breast_cancer,digits,mnist_pca16,mix4,mix8,mix16 --seeds 0,1,2 --budget "
+         "60.0 --jobs 2 --val-size 5000 --test-size 20000 --anchor-seeds 0,1,2 "
+         "--conditional-rows 20000 --conditional-epochs 100 --work "
+         "results/runs/flow_matching --out results/flow_matching"),),
+        "about 20 minutes on 2 cores; tabular fits from the tabular cache"),
     "odenet": Reproduction("results/odenet.md", (
         "cnflow odenet-results --overwrite",), "about 25 CPU-minutes"),
     "latent_ode": Reproduction("results/latent_ode.md", (

@@ -31,6 +31,7 @@ from cnflow import distributed
 from cnflow.data.run_data import RunData, dequantizer, load_data
 from cnflow.flows.cnf import CNF, ConcatSquashMLP, GatedHyperDynamics
 from cnflow.objectives import OBJECTIVES, make_objective
+from cnflow.report import mean_and_stderr
 from cnflow.runs import (
     RunDirectoryError,
     environment,
@@ -46,7 +47,6 @@ from cnflow.training import (
     check_batch_shares,
     evaluate,
     fit,
-    mean_and_stderr,
 )
 from cnflow.validation import check_choice, check_float, check_int
 

@@ -40,12 +40,15 @@ def density_grid(log_prob, extent: tuple[float, float, float, float], n: int = 1
     return np.exp(np.concatenate(values)).reshape(n, n)
 
 
-def _flow_log_prob(flow: Flow):
+def flow_log_prob(flow: Flow):
+    """``flow.log_prob`` on numpy points (in the flow's dtype and device, without a graph),
+    as float64 numpy (for :func:`density_grid`)."""
     anchor = next(flow.buffers())
 
     def log_prob(points: np.ndarray) -> np.ndarray:
         x = torch.as_tensor(points, dtype=anchor.dtype, device=anchor.device)
-        return flow.log_prob(x).cpu().numpy()
+        with torch.no_grad():
+            return flow.log_prob(x).double().cpu().numpy()
 
     return log_prob
 
@@ -77,7 +80,7 @@ def density_panels(flow: Flow, data: np.ndarray | str, path: str | Path,
     extent = plot_extent(data)
     was_training = flow.training
     flow.eval()
-    density = density_grid(_flow_log_prob(flow), extent)
+    density = density_grid(flow_log_prob(flow), extent)
     samples = flow.sample(min(n_samples, max(len(data), 5000))).cpu().numpy()
     flow.train(was_training)
     sns.set_theme(style="white")

@@ -38,8 +38,6 @@ Example:
     1
 """
 
-# TEMPORARY re-export until the experiments import it from cnflow.report.
-from cnflow.report import mean_and_stderr  # noqa: F401
 from cnflow.training.config import LR_SCHEDULES, MAX_SEED, History, Rows, TrainConfig
 from cnflow.training.data import EndlessSamples, check_batch_shares, shard_batch
 from cnflow.training.evaluation import evaluate

@@ -9,7 +9,6 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -83,14 +82,6 @@ def base_noise(n: int, seed: int) -> torch.Tensor:
     return torch.randn(n, 2, generator=torch.Generator().manual_seed(seed))
 
 
-def flow_log_prob(flow: Flow) -> Callable[[np.ndarray], np.ndarray]:
-    """``flow.log_prob`` on numpy points, in float64 (for :func:`cnflow.plots.density_grid`)."""
-    def log_prob(points: np.ndarray) -> np.ndarray:
-        x = torch.as_tensor(points, dtype=torch.float32)
-        with torch.no_grad():
-            return flow.log_prob(x).double().numpy()
-
-    return log_prob
 
 
 def model_label(kind: str, size: int) -> str:

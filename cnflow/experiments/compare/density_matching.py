@@ -19,7 +19,6 @@ from cnflow.experiments.compare.common import (
     Clock,
     base_noise,
     claim,
-    flow_log_prob,
     model_label,
     progress_bar,
     train_flow,
@@ -30,6 +29,7 @@ from cnflow.flows.base import Flow
 from cnflow.flows.cnf import CNF, GatedHyperDynamics
 from cnflow.flows.planar import PlanarFlow
 from cnflow.objectives import ReverseKL
+from cnflow.plots import flow_log_prob
 from cnflow.runs import environment, write_json, write_text
 from cnflow.validation import check_choices, check_float, check_int, check_ints
 

@@ -14,12 +14,12 @@ import toydata
 from cnflow.experiments.compare.common import (
     EVAL_SEED,
     FIGURE_EXTENT,
-    flow_log_prob,
     model_label,
 )
 from cnflow.experiments.compare.density_matching import DensityMatchingConfig
 from cnflow.experiments.compare.mle import MLEConfig
 from cnflow.flows.base import Flow
+from cnflow.plots import flow_log_prob
 from cnflow.report import pyplot, save_figure
 
 # Histogram bins per axis of the sample panels.

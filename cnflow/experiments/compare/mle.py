@@ -24,8 +24,9 @@ from cnflow.experiments.reporting import command_line
 from cnflow.flows.base import Flow
 from cnflow.flows.planar import PlanarFlow
 from cnflow.objectives import MaximumLikelihood
+from cnflow.report import mean_and_stderr
 from cnflow.runs import environment, write_json, write_text
-from cnflow.training import evaluate, mean_and_stderr
+from cnflow.training import evaluate
 from cnflow.validation import check_choices, check_float, check_int
 
 #: Folder name of this comparison's run beside the other's, and the stem of its files.

@@ -10,7 +10,7 @@ import torch
 
 import toydata
 from cnflow.flows.base import Flow
-from cnflow.training import mean_and_stderr
+from cnflow.report import mean_and_stderr
 
 
 def box_wall(x: torch.Tensor, box, strength: float) -> torch.Tensor:

@@ -20,8 +20,7 @@ from cnflow.experiments.flow_matching.config import (
 from cnflow.experiments.reporting import plus_minus
 from cnflow.experiments.tabular import TabularConfig
 from cnflow.experiments.tabular.report import bold_best, difference, main_fits, summarize
-from cnflow.report import markdown_table, pyplot, save_figure
-from cnflow.training import mean_and_stderr
+from cnflow.report import markdown_table, mean_and_stderr, pyplot, save_figure
 
 # Gaps below this are drawn at it: the curves' axis is logarithmic.
 SMALLEST_GAP = 1e-3

@@ -17,8 +17,8 @@ import torch
 import toydata
 from cnflow.density import FitConfig, fit_run, load_checkpoint
 from cnflow.experiments.flow_matching.config import GAP_TARGET
+from cnflow.report import mean_and_stderr
 from cnflow.runs import write_text
-from cnflow.training import mean_and_stderr
 
 # Fresh points that measure the NFE of one log_prob solve of a trained 2-D model.
 NFE_POINTS, NFE_SEED = 2000, 7
@@ -160,7 +160,8 @@ def anchor_run(matcher: str, settings: dict[str, Any], work: str, reuse: bool = 
     """cnflow's otfm or torchcfm's matcher training the network, loop and settings of the
     FitConfig ``settings`` (`cnflow fit two_moons --objective otfm`'s); None without
     torchcfm. Cached in ``work``, keyed by the matcher and the whole config."""
-    from cnflow.density import build_cnf, load_data
+    from cnflow.data.run_data import load_data
+    from cnflow.density import build_cnf
     from cnflow.objectives import FlowMatching
     from cnflow.training import evaluate, fit
 

@@ -10,7 +10,7 @@ from torch import nn
 from cnflow.experiments.latent_ode.config import WINDOW
 from cnflow.experiments.latent_ode.data import Split
 from cnflow.models.latent_ode import LatentODE
-from cnflow.training import mean_and_stderr
+from cnflow.report import mean_and_stderr
 
 
 @torch.no_grad()

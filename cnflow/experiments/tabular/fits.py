@@ -16,7 +16,8 @@ import numpy as np
 import torch
 
 import toydata
-from cnflow.density import FitConfig, build_cnf, dequantizer, load_data, train_phases
+from cnflow.data.run_data import dequantizer, load_data
+from cnflow.density import FitConfig, build_cnf, train_phases
 from cnflow.experiments.tabular.config import (
     DEFAULT_VARIANT,
     FULL_RUNS,
@@ -30,8 +31,9 @@ from cnflow.experiments.tabular.config import (
 )
 from cnflow.experiments.tabular.data import benchmark_split, mix6_table
 from cnflow.flows.base import Flow
+from cnflow.report import mean_and_stderr
 from cnflow.runs import write_text
-from cnflow.training import TrainConfig, evaluate, fit, mean_and_stderr
+from cnflow.training import TrainConfig, evaluate, fit
 
 Job = tuple[str, str, int, str]  # set, model, seed, variant ("" outside the sweep)
 # Far more epochs than a budget allows: the CPU budget (or early stopping) ends every fit.

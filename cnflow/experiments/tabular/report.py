@@ -20,8 +20,7 @@ from cnflow.experiments.tabular.config import (
     TabularConfig,
 )
 from cnflow.experiments.tabular.fits import Job
-from cnflow.report import markdown_table, pyplot, save_figure
-from cnflow.training import mean_and_stderr
+from cnflow.report import markdown_table, mean_and_stderr, pyplot, save_figure
 
 
 def summarize(rows: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
