@@ -143,12 +143,16 @@ def defaults_section(two_d: list[dict[str, Any]], config: TabularConfig,
                 == min(table[(s, c)]["mean"] for c in candidates)] for m in candidates}
     lines.append("- tables, best of " + ", ".join(candidates) + " per set: " + "; ".join(
         f"{m} on {len(sets)} ({', '.join(sets) or 'none'})" for m, sets in best.items()))
-    builtin = DEFAULT_OBJECTIVE["builtin"] + (
-        f" + {DEFAULT_FINETUNE['builtin']} fine-tune steps" if DEFAULT_FINETUNE["builtin"]
-        else "")
-    return lines + ["", (f"Defaults chosen from these: built-in datasets `{builtin}`, files "
-                         f"`{_default_file_fit()}` (`cnflow/density.py`). {DEFAULTS_REASON}"),
-                    ""]
+    def after_flow_matching(kind: str) -> str:
+        steps = DEFAULT_FINETUNE[kind]
+        return (f"flow matching there is followed by {steps} maximum-likelihood fine-tune "
+                "steps" if steps else "flow matching there has no fine-tune")
+
+    return lines + ["", (f"Defaults chosen from these (`cnflow/density.py`): built-in "
+                         f"datasets `{DEFAULT_OBJECTIVE['builtin']}` "
+                         f"({after_flow_matching('builtin')}), files "
+                         f"`{DEFAULT_OBJECTIVE['file']}` ({after_flow_matching('file')}). "
+                         f"{DEFAULTS_REASON}"), ""]
 
 
 def conditional_section(conditional: dict[str, Any], figure_name: str) -> list[str]:
