@@ -81,10 +81,10 @@ def _report_options(name: str, work: str, fresh: str) -> Callable[[Callable], Ca
 def tabular(out: str, work: str, fresh: bool, **values: Any) -> None:
     """cnflow fit's default CNF vs zuko's NSF, MAF and CNF on tables (needs the `bench`
     extra)."""
+    config = build_config(TabularConfig, values)  # bad settings first, then the peer
     _require_peer("zuko")
     from cnflow.experiments.tabular import run
 
-    config = build_config(TabularConfig, values)
     run(config, out, work=work, reuse=not fresh, echo=click.echo)
     click.echo(f"wrote {report_beside(out)} and {out}/")
 
@@ -97,10 +97,10 @@ def flow_matching(out: str, work: str, fresh: bool, **values: Any) -> None:
     """Flow matching vs maximum likelihood: 2-D runs, tables beside zuko's NSF, a
     conditional model (needs the `bench` extra). The tabular fits' cache is the tabular
     benchmark's, beside --work."""
+    config = build_config(FlowMatchingBenchConfig, values)  # bad settings first
     _require_peer("zuko")
     from cnflow.experiments.flow_matching import run
 
-    config = build_config(FlowMatchingBenchConfig, values)
     run(config, out, work=work, reuse=not fresh, echo=click.echo)
     click.echo(f"wrote {report_beside(out)} and {out}/")
 
