@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ import torch
 from tqdm.auto import tqdm
 
 from cnflow.flows.base import Flow
-from cnflow.runs import run_directory
+from cnflow.runs import run_directory, write_json, write_text
 from cnflow.training import EndlessSamples, TrainConfig, fit
 
 # Disjoint seed ranges: training batches, evaluation samples and test sets never overlap.
@@ -94,3 +95,24 @@ def stopped_early(runs: list[dict[str, Any]]) -> int:
     # Results written before the one training loop counted skipped steps instead.
     return sum(r["stop_reason"] == "non-finite loss" if "stop_reason" in r
                else r.get("skipped_steps", 0) > 0 for r in runs)
+
+
+@contextmanager
+def torch_threads(n: int):
+    """torch's thread count set to ``n`` inside, restored after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def write_comparison(out: Path, name: str, config: Any, result: dict[str, Any],
+                     markdown: str) -> None:
+    """A finished comparison's files: its Markdown, then ``config.json``, then
+    ``NAME.json``, last because its presence marks a finished run (a run that fails
+    before leaves no record behind)."""
+    write_text(markdown, out / f"{name}.md")
+    write_json(asdict(config), out / "config.json")
+    write_json(result, out / f"{name}.json")

@@ -21,7 +21,9 @@ from cnflow.experiments.compare.common import (
     claim,
     model_label,
     progress_bar,
+    torch_threads,
     train_flow,
+    write_comparison,
 )
 from cnflow.experiments.compare.targets import box_wall, reverse_kl
 from cnflow.experiments.reporting import command_line
@@ -30,7 +32,7 @@ from cnflow.flows.cnf import CNF, GatedHyperDynamics
 from cnflow.flows.planar import PlanarFlow
 from cnflow.objectives import ReverseKL
 from cnflow.plots import flow_log_prob
-from cnflow.runs import environment, write_json, write_text
+from cnflow.runs import environment
 from cnflow.validation import check_choices, check_float, check_int, check_ints
 
 #: Folder name of this comparison's run beside the other's, and the stem of its files.
@@ -232,14 +234,10 @@ def run(config: DensityMatchingConfig, out_dir: str | Path, *, progress: bool | 
     from cnflow.experiments.compare.report import density_matching_markdown
     from cnflow.plots import density_grid
 
-    threads = torch.get_num_threads()
     with claim(out_dir, RESULT_FILE, OUTPUTS, overwrite) as out:
-        torch.set_num_threads(config.threads)
-        try:
+        with torch_threads(config.threads):
             clock = Clock()
             fits = fit_all(config, progress)
-        finally:
-            torch.set_num_threads(threads)
         runs = [record for record, _ in fits]
         grids = {(r["target"], r["model"], r["size"]): grid for r, grid in fits
                  if grid is not None}
@@ -254,8 +252,5 @@ def run(config: DensityMatchingConfig, out_dir: str | Path, *, progress: bool | 
                                       for n in config.targets},
                   **clock.read(), "environment": environment()}
         density_matching_figure(grids, config, summary, out / FIGURES[0])
-        write_text(density_matching_markdown(result), out / f"{NAME}.md")
-        # Written at the end, so a failed run leaves no record of a run behind.
-        write_json(asdict(config), out / "config.json")
-        write_json(result, out / RESULT_FILE)  # last: it marks a finished run
+        write_comparison(out, NAME, config, result, density_matching_markdown(result))
     return result

@@ -18,14 +18,16 @@ from cnflow.experiments.compare.common import (
     Clock,
     claim,
     progress_bar,
+    torch_threads,
     train_flow,
+    write_comparison,
 )
 from cnflow.experiments.reporting import command_line
 from cnflow.flows.base import Flow
 from cnflow.flows.planar import PlanarFlow
 from cnflow.objectives import MaximumLikelihood
 from cnflow.report import mean_and_stderr
-from cnflow.runs import environment, write_json, write_text
+from cnflow.runs import environment
 from cnflow.training import evaluate
 from cnflow.validation import check_choices, check_float, check_int
 
@@ -188,10 +190,8 @@ def run(config: MLEConfig, out_dir: str | Path, *, progress: bool | None = None,
     from cnflow.experiments.compare.figures import mle_figure, snapshot_figure
     from cnflow.experiments.compare.report import mle_markdown
 
-    threads = torch.get_num_threads()
     with claim(out_dir, RESULT_FILE, OUTPUTS, overwrite) as out:
-        torch.set_num_threads(config.threads)
-        try:
+        with torch_threads(config.threads):
             clock = Clock()
             runs, trained = fit_all(config, progress)
             result = {"experiment": NAME, "command": command_line(COMMAND, config,
@@ -201,10 +201,5 @@ def run(config: MLEConfig, out_dir: str | Path, *, progress: bool | None = None,
                       **clock.read(), "environment": environment()}
             mle_figure(trained, config, out / FIGURES[0])
             snapshot_figure(trained, config, out / FIGURES[1])
-        finally:
-            torch.set_num_threads(threads)
-        write_text(mle_markdown(result), out / f"{NAME}.md")
-        # Written at the end, so a failed run leaves no record of a run behind.
-        write_json(asdict(config), out / "config.json")
-        write_json(result, out / RESULT_FILE)  # last: it marks a finished run
+        write_comparison(out, NAME, config, result, mle_markdown(result))
     return result
