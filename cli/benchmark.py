@@ -11,9 +11,9 @@ from cnflow.cli.options import build_config, config_options
 from cnflow.experiments import cnf_bench, ddp_bench, gpu_bench, solver_bench
 from cnflow.experiments.flow_matching.benchmark import DEFAULT_WORK as FLOW_MATCHING_WORK
 from cnflow.experiments.flow_matching.config import FlowMatchingBenchConfig
-from cnflow.experiments.reporting import report_beside
 from cnflow.experiments.tabular.benchmark import DEFAULT_WORK as TABULAR_WORK
 from cnflow.experiments.tabular.config import TabularConfig
+from cnflow.report import report_beside
 
 
 def _require_peer(name: str) -> None:

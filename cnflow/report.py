@@ -1,5 +1,8 @@
-"""The report layer every experiment writes through: Markdown tables, figures saved
-atomically, and the memory meter of training steps.
+"""The report layer every experiment writes through: Markdown tables and the ``mean ±
+spread`` of their cells, figures saved atomically, the memory meter of training steps, and
+the record of a run: the command line that reproduces it, built from its config dataclass
+(the inverse of :func:`cnflow.cli.options.config_options`, so a report's "regenerate" line
+and the command's options cannot drift apart), and ``config.json`` in the report's folder.
 
 Example:
     >>> print(markdown_table(["model", "NLL"], [["CNF", "1.03"], ["planar", "1.20"]]))
@@ -7,12 +10,26 @@ Example:
     |---|---|
     | CNF | 1.03 |
     | planar | 1.20 |
+    >>> from dataclasses import dataclass
+    >>> @dataclass
+    ... class Settings:
+    ...     widths: tuple[int, ...] = (2, 8)
+    ...     lr: float = 0.003
+    ...     sweep: bool = True
+    >>> command_line(("cnflow", "demo"), Settings(), out="my results", overwrite=True)
+    "cnflow demo --widths 2,8 --lr 0.003 --sweep --out 'my results' --overwrite"
+    >>> command_line(("cnflow", "demo"), Settings(lr=0.01), changed_only=True, n=[1, 2])
+    'cnflow demo --lr 0.01 --n 1 --n 2'
+    >>> plus_minus(1.23456, 0.0123), plus_minus(1.5, float("nan"), digits=2)
+    ('1.235 ± 0.012', '1.50')
 """
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import math
+import shlex
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,13 +38,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from cnflow.runs import write_bytes
+from cnflow.runs import write_bytes, write_json
 
 if TYPE_CHECKING:  # typing.Self needs Python 3.11; only type checkers read this
     from matplotlib.figure import Figure
     from typing_extensions import Self
 
-__all__ = ["SavedTensorMemory", "markdown_table", "mean_and_stderr", "pyplot", "save_figure", "state_bytes"]
+__all__ = ["SavedTensorMemory", "command_line", "markdown_table", "mean_and_stderr",
+           "plus_minus", "pyplot", "record_folder", "record_link", "report_beside",
+           "save_figure", "state_bytes", "write_record"]
 
 
 def markdown_table(header: Sequence[Any], rows: Iterable[Sequence[Any]]) -> str:
@@ -175,3 +194,89 @@ def state_bytes(model: nn.Module, optimizer: torch.optim.Optimizer | None = None
                 if isinstance(value, torch.Tensor):
                     total += value.numel() * value.element_size()
     return total
+
+
+# --- the record of a run --------------------------------------------------------------
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _config_arguments(config: Any, changed_only: bool, skip: Sequence[str]) -> list[str]:
+    """One option per field of the dataclass ``config``, spelt as ``config_options`` parses
+    it: tuples comma-joined, booleans as ``--name`` / ``--no-name``, None left out (it is the
+    default of every optional field here, and the command line has no spelling for it)."""
+    arguments: list[str] = []
+    for field in dataclasses.fields(config):
+        if not field.init or field.name in skip:
+            continue
+        value = getattr(config, field.name)
+        default = (field.default if field.default is not dataclasses.MISSING
+                   else field.default_factory())  # type: ignore[misc]
+        if value is None or (changed_only and value == default):
+            continue
+        if isinstance(value, bool):
+            arguments.append(_flag(field.name if value else "no_" + field.name))
+        elif isinstance(value, (tuple, list)):
+            arguments += [_flag(field.name), ",".join(map(str, value))]
+        else:
+            # str() of a float is its shortest exact repr: the command reproduces the value.
+            arguments += [_flag(field.name), str(value)]
+    return arguments
+
+
+def command_line(command: Sequence[str], config: Any | None, *, changed_only: bool = False,
+                 skip: Sequence[str] = (), **options: Any) -> str:
+    """The shell command ``command`` with the settings of ``config`` (a dataclass whose
+    fields are the command's options; None for a command without one) and then ``options``.
+
+    Every field is written (the line keeps its meaning when a default changes), or with
+    ``changed_only`` those that differ from their defaults (the line stays as short as a
+    user's); ``skip`` leaves fields out that the command spells another way. Of
+    ``options``, ``True`` is a plain flag (``overwrite=True`` gives ``--overwrite``),
+    ``False`` or None leaves the option out, a list repeats the option once per item, and
+    anything else is ``--name value``."""
+    arguments = [*command]
+    if config is not None:
+        arguments += _config_arguments(config, changed_only, skip)
+    for name, value in options.items():
+        if value is True:
+            arguments.append(_flag(name))
+        elif isinstance(value, list):
+            for item in value:
+                arguments += [_flag(name), str(item)]
+        elif value is not None and value is not False:
+            arguments += [_flag(name), str(value)]
+    return shlex.join(arguments)
+
+
+def plus_minus(mean: float, spread: float | None, digits: int = 3) -> str:
+    """``mean ± spread`` at ``digits`` decimals; the mean alone where the spread is missing
+    or not finite (one seed, a diverged fit)."""
+    if spread is None or not math.isfinite(spread):
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} ± {spread:.{digits}f}"
+
+
+def record_folder(report: str | Path) -> Path:
+    """The folder of a report's other files: ``results/NAME`` for ``results/NAME.md``."""
+    return Path(report).with_suffix("")
+
+
+def report_beside(folder: str | Path) -> Path:
+    """The report of a folder of results: ``results/NAME.md`` for ``results/NAME``."""
+    folder = Path(folder)
+    return folder.parent / f"{folder.name}.md"
+
+
+def record_link(report: str | Path) -> str:
+    """The link from ``report`` to its ``config.json``: ``NAME/config.json``."""
+    return f"{record_folder(report).name}/config.json"
+
+
+def write_record(config: Any, report: str | Path) -> Path:
+    """Write every field of the dataclass ``config`` to ``config.json`` in the folder of
+    ``report`` (:func:`record_folder`), atomically; return the file's path."""
+    path = record_folder(report) / "config.json"
+    write_json(dataclasses.asdict(config), path)
+    return path

@@ -15,7 +15,7 @@ from cnflow.cli.main import cli
 from cnflow.cli.options import build_config
 
 from cnflow.experiments.compare import density_matching, mle
-from cnflow.experiments.reporting import command_line
+from cnflow.report import command_line
 
 
 @pytest.fixture(autouse=True)

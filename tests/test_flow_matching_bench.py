@@ -22,7 +22,7 @@ from cnflow.experiments.flow_matching.report import (
     timing_section,
     two_d_section,
 )
-from cnflow.experiments.reporting import command_line
+from cnflow.report import command_line
 
 
 def test_settings_are_checked():

@@ -33,13 +33,13 @@ from cnflow.experiments.cnf_reference import (
     reference_joint_field,
 )
 from cnflow.experiments.cnf_report import report_text
-from cnflow.experiments.reporting import (
+from cnflow.flows.cnf import CNF
+from cnflow.report import (
     command_line,
     record_folder,
     record_link,
     write_record,
 )
-from cnflow.flows.cnf import CNF
 from cnflow.runs import relative_path, write_text
 from cnflow.solvers import solve
 from cnflow.validation import check_int, check_ints

@@ -21,9 +21,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cnflow.experiments.reporting import command_line, record_link, write_record
 from cnflow.experiments.tabular import mix6_table
-from cnflow.report import markdown_table, pyplot, save_figure
+from cnflow.report import (
+    command_line,
+    markdown_table,
+    pyplot,
+    record_link,
+    save_figure,
+    write_record,
+)
 from cnflow.runs import environment, write_json, write_text
 from cnflow.validation import check_int
 

@@ -20,8 +20,7 @@ import torch
 
 from cnflow.density import load_checkpoint
 from cnflow.experiments.cnf_bench import speed_comparison, throughput
-from cnflow.experiments.reporting import command_line, record_link, write_record
-from cnflow.report import markdown_table
+from cnflow.report import command_line, markdown_table, record_link, write_record
 from cnflow.runs import environment, write_json, write_text
 from cnflow.validation import check_int, check_ints
 

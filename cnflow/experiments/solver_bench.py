@@ -20,9 +20,8 @@ import torch
 from scipy.integrate import solve_ivp
 
 import cnflow
-from cnflow.experiments.reporting import command_line, record_link, write_record
 from cnflow.experiments.solver_report import report_text
-from cnflow.report import SavedTensorMemory
+from cnflow.report import SavedTensorMemory, command_line, record_link, write_record
 from cnflow.runs import write_text
 from cnflow.validation import check_choices, check_float, check_int, check_ints
 

@@ -26,12 +26,12 @@ from cnflow.experiments.compare.common import (
     write_comparison,
 )
 from cnflow.experiments.compare.targets import box_wall, reverse_kl
-from cnflow.experiments.reporting import command_line
 from cnflow.flows.base import Flow
 from cnflow.flows.cnf import CNF, GatedHyperDynamics
 from cnflow.flows.planar import PlanarFlow
 from cnflow.objectives import ReverseKL
 from cnflow.plots import flow_log_prob
+from cnflow.report import command_line
 from cnflow.runs import environment
 from cnflow.validation import check_choices, check_float, check_int, check_ints
 

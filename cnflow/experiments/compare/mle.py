@@ -22,11 +22,10 @@ from cnflow.experiments.compare.common import (
     train_flow,
     write_comparison,
 )
-from cnflow.experiments.reporting import command_line
 from cnflow.flows.base import Flow
 from cnflow.flows.planar import PlanarFlow
 from cnflow.objectives import MaximumLikelihood
-from cnflow.report import mean_and_stderr
+from cnflow.report import command_line, mean_and_stderr
 from cnflow.runs import environment
 from cnflow.training import evaluate
 from cnflow.validation import check_choices, check_float, check_int

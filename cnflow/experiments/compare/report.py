@@ -10,8 +10,7 @@ from typing import Any
 
 from cnflow.experiments.compare import density_matching, mle
 from cnflow.experiments.compare.common import model_label, stopped_early
-from cnflow.experiments.reporting import command_line, plus_minus
-from cnflow.report import markdown_table
+from cnflow.report import command_line, markdown_table, plus_minus
 from cnflow.runs import relative_path, write_text
 
 #: The command that merges the two runs (its options are :func:`write_report`'s arguments).

@@ -38,8 +38,8 @@ from cnflow.experiments.flow_matching.runs import (
     conditional_run,
     two_d_run,
 )
-from cnflow.experiments.reporting import command_line, report_beside
 from cnflow.experiments.tabular.fits import pool
+from cnflow.report import command_line, report_beside
 from cnflow.runs import environment, write_json, write_text
 
 #: Where the run folders go by default; the tabular fits' cache is the tabular benchmark's

@@ -17,10 +17,9 @@ from cnflow.experiments.flow_matching.config import (
     GOAL_VARIANT,
     TWO_D_SETS,
 )
-from cnflow.experiments.reporting import plus_minus
 from cnflow.experiments.tabular import TabularConfig
 from cnflow.experiments.tabular.report import bold_best, difference, main_fits, summarize
-from cnflow.report import markdown_table, mean_and_stderr, pyplot, save_figure
+from cnflow.report import markdown_table, mean_and_stderr, plus_minus, pyplot, save_figure
 
 # Gaps below this are drawn at it: the curves' axis is logarithmic.
 SMALLEST_GAP = 1e-3

@@ -18,8 +18,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from cnflow import report as reporting
 from cnflow.data.spirals import NOISE_STD
-from cnflow.experiments import reporting
 from cnflow.models.latent_ode import DEFAULT_GRADIENT, GRADIENTS
 from cnflow.runs import resolve_device
 from cnflow.validation import check_choice, check_choices, check_float, check_int, check_ints

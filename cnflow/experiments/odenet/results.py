@@ -20,8 +20,8 @@ from typing import Any
 
 import torch
 
+from cnflow import report as reporting
 from cnflow.data.mnist import load_named
-from cnflow.experiments import reporting
 from cnflow.experiments.odenet.baselines import build_classifier
 from cnflow.experiments.odenet.memory import memory_vs_depth, plot_memory_vs_depth
 from cnflow.experiments.odenet.report import write_markdown

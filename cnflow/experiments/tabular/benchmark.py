@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 from cnflow.density import FitConfig
-from cnflow.experiments.reporting import command_line, report_beside
 from cnflow.experiments.tabular.config import (
     COMMAND,
     NAME,
@@ -29,6 +28,7 @@ from cnflow.experiments.tabular.report import (
     summarize,
     sweep_section,
 )
+from cnflow.report import command_line, report_beside
 from cnflow.runs import environment, write_json, write_text
 
 #: Where the splits and the cache of finished fits go by default.

@@ -11,7 +11,6 @@ from typing import Any
 import numpy as np
 
 from cnflow.density import FitConfig
-from cnflow.experiments.reporting import plus_minus
 from cnflow.experiments.tabular.config import (
     DEFAULT_VARIANT,
     FULL_RUN_GOAL_CPU_SECONDS,
@@ -20,7 +19,7 @@ from cnflow.experiments.tabular.config import (
     TabularConfig,
 )
 from cnflow.experiments.tabular.fits import Job
-from cnflow.report import markdown_table, mean_and_stderr, pyplot, save_figure
+from cnflow.report import markdown_table, mean_and_stderr, plus_minus, pyplot, save_figure
 
 
 def summarize(rows: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:

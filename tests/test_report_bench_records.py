@@ -14,8 +14,8 @@ from cnflow.cli.options import build_config, config_options
 from cnflow.experiments.cnf_bench import CNFBenchConfig
 from cnflow.experiments.ddp_bench import DDPBenchConfig
 from cnflow.experiments.gpu_bench import GPUBenchConfig
-from cnflow.experiments.reporting import command_line, record_link, write_record
 from cnflow.experiments.solver_bench import SolverBenchConfig
+from cnflow.report import command_line, record_link, write_record
 
 CHANGED = [
     CNFBenchConfig(iterations=3, points=(10, 20)),

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import click
 from cnflow.cli.options import build_config, config_options
 
-from cnflow.experiments.reporting import command_line, plus_minus
+from cnflow.report import command_line, plus_minus
 
 
 @dataclass
