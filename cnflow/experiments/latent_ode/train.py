@@ -112,7 +112,8 @@ class TrainResult:
         nfe_forward: mean function evaluations per step in the forward solve (latent ODE).
         nfe_backward: mean function evaluations per step in the backward pass (latent ODE).
         curve: ``{"step": [...], "rmse_extrapolation": [...]}``, the test RMSE along the way.
-        stop_reason: why the loop stopped (``"steps"`` once every step ran).
+        stop_reason: why the loop stopped (``"epochs"`` or ``"steps"`` once every step ran;
+            ``"non-finite loss"`` if it diverged).
     """
 
     model: nn.Module
