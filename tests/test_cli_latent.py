@@ -20,13 +20,6 @@ TINY = ["latent", "--n-obs", "10", "--iterations", "2", "--rnn-iterations", "2",
         "--batch-size", "8", "--time-subsample", "4"]
 
 
-@pytest.fixture(autouse=True)
-def _restore_threads():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.parametrize(
     "args, message",
     [

@@ -11,7 +11,6 @@ import os
 from pathlib import Path
 
 import pytest
-import torch
 from click.testing import CliRunner
 from cnflow.cli.main import cli
 
@@ -46,13 +45,6 @@ SEEDS = {
 }
 NEEDS_WRITE_PERMISSION = pytest.mark.skipif(
     os.name != "posix" or os.geteuid() == 0, reason="root writes to read-only folders")
-
-
-@pytest.fixture(autouse=True)
-def _restore_threads():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
 
 
 def _files(root: Path) -> list[str]:

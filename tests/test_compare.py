@@ -7,7 +7,6 @@ import json
 import shlex
 
 import pytest
-import torch
 from click.testing import CliRunner
 from cnflow.cli.compare import density_matching as density_command
 from cnflow.cli.compare import mle as mle_command
@@ -16,13 +15,6 @@ from cnflow.cli.options import build_config
 
 from cnflow.experiments.compare import density_matching, mle
 from cnflow.report import command_line
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
 
 
 def _invoke(*args: str):

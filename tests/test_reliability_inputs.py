@@ -602,13 +602,6 @@ def test_two_fits_into_one_folder_at_once(tmp_path: Path) -> None:
 # ------------------------------------------------------------------ the resume rule
 
 
-@pytest.fixture(autouse=True)
-def _restore_threads():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
-
-
 def _fit(out: Path, *options: str):
     return CliRunner().invoke(cli, [*TINY_FIT, "--seed", "3", "--out", str(out), *options])
 
