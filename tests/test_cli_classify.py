@@ -13,7 +13,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 from cnflow.cli.classify import classify, odenet_results
-from test_mnist import idx_bytes, write_mnist_dir
+from test_data_mnist import idx_bytes, write_mnist_dir
 
 from cnflow.experiments.odenet import (
     ClassifyConfig,
