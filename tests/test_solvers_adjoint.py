@@ -1,33 +1,18 @@
-"""The adjoint's VJP protocol, the parameter quadrature and the step size carried across
-output intervals, against autograd and against the carried parameter adjoint (float64)."""
+"""The adjoint (cnflow.solvers.adjoint) against autograd and against the carried parameter
+adjoint (float64): the field's own VJPs, the parameter quadrature, the seminorm, the
+step size carried across output intervals, and memory that does not grow with steps."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 import torch
+from solver_checks import Decay, Oscillator, _autograd_only, _gated
 
 import cnflow
-from cnflow.flows.cnf import GatedHyperDynamics, JointField
-from cnflow.solvers import ADAPTIVE_METHODS, GRADIENT_MODES, GRADIENTS, METHODS, Gradient
+from cnflow.flows.cnf import JointField
+from cnflow.solvers import ADAPTIVE_METHODS
 
 F64 = torch.float64
-
-
-def _gated(seed: int = 0, width: int = 8) -> GatedHyperDynamics:
-    dynamics = GatedHyperDynamics(2, width=width, hidden=6).double()
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():  # away from the identity initialisation: every term matters
-        for p in dynamics.parameters():
-            p.copy_(torch.randn(p.shape, generator=generator, dtype=F64) * 0.5)
-    return dynamics
-
-
-def _autograd_only(field):
-    """The same field without its own VJP or stage times: the adjoint uses autograd."""
-    return lambda t, y: field(t, y)
 
 
 def _seminorm_carried(n: int):
@@ -45,34 +30,6 @@ def _gradients(func, params, y0, times, method="dopri5", norm="seminorm", rtol=1
                                                                           dtype=F64)).sum())
     grads = torch.autograd.grad(loss, (y0, *params))
     return torch.cat([g.reshape(-1) for g in grads]), sol.stats
-
-
-def test_gated_joint_vjp_equals_autograd():
-    dynamics = _gated()
-    field = JointField(dynamics, 2, "closed_form")
-    params = tuple(dynamics.parameters())
-    assert field.vjp_params == params
-    y, a = torch.randn(9, 3, dtype=F64), torch.randn(9, 3, dtype=F64)
-    ts = torch.tensor([0.3, -0.8], dtype=F64)
-    partials, expected = [], []
-    for t, stage in zip(ts, field.at_times(ts)):
-        f, a_y, partial = field.vjp(t, y, a)
-        with torch.enable_grad():
-            leaf = y.clone().requires_grad_(True)
-            reference = field(t, leaf)
-            grads = torch.autograd.grad(reference, (leaf, *params), a)
-        torch.testing.assert_close(f, reference.detach(), rtol=0, atol=1e-14)
-        torch.testing.assert_close(a_y, grads[0], rtol=0, atol=1e-13)
-        # The stage-time path: the same field and VJP from one batched hypernetwork call.
-        torch.testing.assert_close(stage(y), f, rtol=0, atol=1e-14)
-        torch.testing.assert_close(stage.vjp(y, a)[1], a_y, rtol=0, atol=1e-14)
-        partials.append(partial)
-        expected.append(grads[1:])
-    weights = torch.tensor([0.25, -1.5], dtype=F64)
-    combined = field.param_vjp(partials, weights)
-    for i, g in enumerate(combined):
-        torch.testing.assert_close(g, weights[0] * expected[0][i] + weights[1] * expected[1][i],
-                                   rtol=0, atol=1e-13)
 
 
 @pytest.mark.parametrize("norm", ["seminorm", "rms"])
@@ -138,70 +95,6 @@ def test_rejected_steps_cost_no_parameter_vjps():
     assert field.param_calls == stats.backward.n_accepted  # one call per accepted step
 
 
-class Oscillator(torch.nn.Module):
-    """A damped, forced oscillator on a tuple state with a hand-written VJP."""
-
-    def __init__(self):
-        super().__init__()
-        self.k = torch.nn.Parameter(torch.tensor(1.7, dtype=F64))
-        self.c = torch.nn.Parameter(torch.tensor([0.3, 0.1], dtype=F64))
-
-    @property
-    def vjp_params(self):
-        return (self.k, self.c)
-
-    def forward(self, t, state):
-        x, v = state
-        return v, -self.k * x - self.c * v + torch.sin(t)
-
-    def vjp(self, t, state, cotangent):
-        x, v = state
-        ax, av = cotangent
-        return self.forward(t, state), (-self.k * av, ax - self.c * av), (x, v, av)
-
-    def param_vjp(self, partials, weights):
-        dk = sum(w * -(x * av).sum() for (x, v, av), w in zip(partials, weights))
-        dc = sum(w * -(v * av) for (x, v, av), w in zip(partials, weights))
-        return dk, dc
-
-
-class PlainOscillator(Oscillator):
-    vjp_params = None  # the protocol switched off: autograd
-
-
-@pytest.mark.parametrize("norm", ["seminorm", "rms"])
-def test_user_vjp_survives_flattening_and_time_reversal(norm):
-    for times in (torch.linspace(0.0, 2.0, 6, dtype=F64), torch.linspace(2.0, 0.0, 6, dtype=F64)):
-        grads = []
-        for field in (Oscillator(), PlainOscillator()):
-            state = (torch.tensor([1.0, -0.5], dtype=F64, requires_grad=True),
-                     torch.tensor([0.2, 0.4], dtype=F64, requires_grad=True))
-            xs, vs = cnflow.odeint_adjoint(field, state, times, rtol=1e-9, atol=1e-9,
-                                           adjoint_options={"norm": norm})
-            loss = (xs ** 2).sum() + vs.sin().sum()
-            grads.append(torch.cat([g.reshape(-1) for g in torch.autograd.grad(
-                loss, (*state, field.k, field.c))]))
-        torch.testing.assert_close(grads[0], grads[1], rtol=0, atol=1e-10)
-
-
-def test_own_vjp_is_not_used_for_parameters_it_does_not_cover():
-    field = Oscillator()
-    extra = torch.tensor(0.5, dtype=F64, requires_grad=True)
-
-    def scaled(t, state):  # a parameter the field's VJP does not know about
-        v, a = field(t, state)
-        return v, a * extra
-
-    scaled.vjp_params, scaled.vjp, scaled.param_vjp = field.vjp_params, field.vjp, None
-    state = (torch.ones(2, dtype=F64), torch.zeros(2, dtype=F64))
-    times = torch.tensor([0.0, 1.0], dtype=F64)
-    xs, _ = cnflow.odeint_adjoint(scaled, state, times, adjoint_params=(field.k, extra))
-    (grad_extra,) = torch.autograd.grad(xs[-1].sum(), (extra,))
-    xs, _ = cnflow.odeint(scaled, state, times)
-    (expected,) = torch.autograd.grad(xs[-1].sum(), (extra,))
-    torch.testing.assert_close(grad_extra, expected, rtol=1e-5, atol=1e-7)
-
-
 def test_many_output_times_carry_the_step_size_backwards():
     """One controller serves every interval: no per-interval probe and small first step."""
     field = Oscillator()
@@ -217,21 +110,38 @@ def test_many_output_times_carry_the_step_size_backwards():
     assert backward.nfe <= 3 * forward.nfe
 
 
-def test_stage_time_batching_gives_the_same_solve():
-    dynamics = _gated()
-    field = JointField(dynamics, 2, "closed_form")
-    y0 = torch.cat([torch.randn(7, 2, dtype=F64), torch.zeros(7, 1, dtype=F64)], 1)
-    times = torch.tensor([0.0, 0.3, 1.0], dtype=F64)
-    batched = cnflow.solve(field, y0, times, rtol=1e-9, atol=1e-9)
-    plain = cnflow.solve(_autograd_only(field), y0, times, rtol=1e-9, atol=1e-9)
-    assert batched.stats.forward == plain.stats.forward
-    torch.testing.assert_close(batched.ys, plain.ys, rtol=0, atol=1e-13)
+def test_seminorm_does_not_add_backward_steps():
+    nfe = {}
+    for norm in ("rms", "seminorm"):
+        func = torch.nn.Sequential(torch.nn.Linear(4, 32), torch.nn.Tanh(),
+                                   torch.nn.Linear(32, 4)).double()
+        torch.manual_seed(1)
+        for p in func.parameters():
+            torch.nn.init.normal_(p, std=0.5)
+        sol = cnflow.solve(lambda t, y, func=func: func(y), torch.ones(16, 4, dtype=F64),
+                           torch.tensor([0.0, 1.0], dtype=F64), rtol=1e-6, atol=1e-6,
+                           gradient="adjoint", adjoint_params=tuple(func.parameters()),
+                           adjoint_options={"norm": norm})
+        sol.ys[-1].pow(2).sum().backward()
+        nfe[norm] = sol.stats.backward.nfe
+    assert nfe["seminorm"] <= nfe["rms"]
 
 
-def test_registries_and_import_order():
-    assert GRADIENT_MODES == tuple(GRADIENTS) == ("direct", "adjoint", "checkpoint")
-    assert all(issubclass(kind, Gradient) for kind in GRADIENTS.values())
-    assert set(ADAPTIVE_METHODS) | set(cnflow.solvers.FIXED_STEP_METHODS) == set(METHODS)
-    # Every solver module imports on its own: no module needs another imported first.
-    for module in ("adjoint", "gradients", "problem", "field", "controllers", "runge_kutta"):
-        subprocess.run([sys.executable, "-c", f"import cnflow.solvers.{module}"], check=True)
+def test_adjoint_memory_is_not_kept_per_step():
+    """The adjoint graph holds the outputs only: saved tensors do not grow with steps."""
+    saved = {}
+    for rtol in (1e-4, 1e-9):
+        sizes = []
+
+        def pack(x, sizes=sizes):
+            sizes.append(x.numel())
+            return x
+
+        func = Decay()
+        y0 = torch.ones(2, dtype=F64, requires_grad=True)
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda x: x):
+            sol = cnflow.solve(func, y0, torch.tensor([0.0, 5.0], dtype=F64), rtol=rtol,
+                               atol=rtol, gradient="adjoint")
+        saved[rtol] = (sum(sizes), sol.stats.forward.n_accepted)
+    assert saved[1e-9][1] > 5 * saved[1e-4][1]
+    assert saved[1e-9][0] == saved[1e-4][0]
