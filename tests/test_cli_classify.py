@@ -15,7 +15,7 @@ from cli_checks import COMMANDS, _files, _strict_json
 from click.testing import CliRunner
 from cnflow.cli.classify import classify, odenet_results
 from cnflow.cli.main import cli
-from test_data_mnist import idx_bytes, write_mnist_dir
+from mnist_files import idx_bytes, write_mnist_dir
 
 from cnflow.experiments.odenet import (
     ClassifyConfig,

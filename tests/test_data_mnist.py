@@ -10,6 +10,7 @@ import tracemalloc
 import numpy as np
 import pytest
 import torch
+from mnist_files import idx_bytes, write_mnist_dir
 
 from cnflow.data.mnist import (
     IDXFormatError,
@@ -21,28 +22,6 @@ from cnflow.data.mnist import (
     load_named,
     read_idx,
 )
-
-
-# Public: the CLI tests (test_cli_classify.py) write data folders with these too.
-def idx_bytes(array: np.ndarray, magic: int | None = None) -> bytes:
-    """An IDX file of unsigned bytes holding ``array`` (with its own magic number, or
-    ``magic``)."""
-    code = 0x08
-    magic = (code << 8 | array.ndim) if magic is None else magic
-    return struct.pack(">I", magic) + struct.pack(f">{array.ndim}I", *array.shape) + \
-        array.astype(">u1").tobytes()
-
-
-def write_mnist_dir(root, n_train=6, n_test=4, gz=True):
-    """A folder of random MNIST-style train and t10k IDX files (gzipped or not)."""
-    rng = np.random.RandomState(0)
-    for prefix, n in (("train", n_train), ("t10k", n_test)):
-        for kind, array in (("images-idx3", rng.randint(0, 256, (n, 28, 28))),
-                            ("labels-idx1", rng.randint(0, 10, n))):
-            data = idx_bytes(array)
-            name = f"{prefix}-{kind}-ubyte" + (".gz" if gz else "")
-            (root / name).write_bytes(gzip.compress(data) if gz else data)
-    return root
 
 
 @pytest.mark.parametrize("gz", [True, False])
