@@ -18,6 +18,15 @@ def _seed():
     yield
 
 
+@pytest.fixture(autouse=True)
+def _restore_threads():
+    """Commands under test set torch's thread count (``--threads``): the next test starts
+    from the suite's again."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
         return

@@ -11,9 +11,11 @@ import shlex
 import numpy as np
 import pytest
 import torch
+from cli_checks import COMMANDS, _files, _strict_json
 from click.testing import CliRunner
 from cnflow.cli.classify import classify, odenet_results
-from test_mnist import idx_bytes, write_mnist_dir
+from cnflow.cli.main import cli
+from mnist_files import idx_bytes, write_mnist_dir
 
 from cnflow.experiments.odenet import (
     ClassifyConfig,
@@ -160,3 +162,14 @@ def test_odenet_results_refuses_earlier_results_and_an_unwritable_report(runs, t
     assert runs == [] and (out / "results.json").read_text() == "{}"
     result = CliRunner().invoke(odenet_results, ["--out", str(out), "--overwrite"])
     assert result.exit_code == 0 and len(runs) == 1, result.output
+
+
+def test_classify_overwrite_replaces_the_run_and_leaves_only_its_files(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "metrics.json").write_text('{"old": true}')
+    (out / "old.png").write_bytes(b"")
+    result = CliRunner().invoke(cli, [*COMMANDS["classify"], str(out), "--overwrite"])
+    assert result.exit_code == 0, result.output
+    assert _files(out) == ["checkpoint.pt", "metrics.json"]
+    assert _strict_json(out / "metrics.json")["model"] == "mlp"

@@ -1,5 +1,6 @@
-"""`cnflow latent`: options generated from LatentConfig, one usage error for a bad value, and
-a tiny run that writes the run folder and a report whose command reproduces it."""
+"""`cnflow latent`: options generated from LatentConfig, one usage error for a bad value,
+a --md report path it cannot write refused before anything is written, and a tiny run
+that writes the run folder and a report whose command reproduces it."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import shlex
 
 import pytest
 import torch
+from cli_checks import COMMANDS, NEEDS_WRITE_PERMISSION, _refused
 from click.testing import CliRunner
 from cnflow.cli.latent import config_from, latent
 from cnflow.cli.main import cli
@@ -18,13 +20,6 @@ from cnflow.solvers import ODESolverError
 
 TINY = ["latent", "--n-obs", "10", "--iterations", "2", "--rnn-iterations", "2",
         "--batch-size", "8", "--time-subsample", "4"]
-
-
-@pytest.fixture(autouse=True)
-def _restore_threads():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize(
@@ -100,3 +95,22 @@ def test_a_solve_that_blows_up_leaves_no_results(tmp_path, monkeypatch):
     result = CliRunner().invoke(cli, [*TINY, "--no-figures", "--out", str(out)])
     assert result.exit_code == 1 and "became NaN/inf" in result.output
     assert not out.exists()  # neither config.json, results nor the lock file
+
+
+def test_latent_md_under_a_file_is_refused_before_anything_is_written(tmp_path):
+    (tmp_path / "file").write_text("x")
+    md = tmp_path / "file" / "report.md"
+    _refused(tmp_path, [*COMMANDS["latent"], str(tmp_path / "run"), "--md", str(md)], str(md),
+             code=1)
+
+
+@NEEDS_WRITE_PERMISSION
+def test_latent_md_in_an_unwritable_folder_is_refused(tmp_path):
+    locked = tmp_path / "read-only"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        _refused(tmp_path, [*COMMANDS["latent"], str(tmp_path / "run"), "--md",
+                            str(locked / "report.md")], str(locked / "report.md"), code=1)
+    finally:
+        locked.chmod(0o700)

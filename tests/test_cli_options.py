@@ -1,13 +1,18 @@
 """Options generated from a config dataclass: defaults, help, lists, flags and checks all
-come from the dataclass."""
+come from the dataclass; every command refuses a non-finite number or a seed out of
+range while parsing, naming the option, with nothing written."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import click
+import pytest
+from cli_checks import COMMANDS, _refused
 from click.testing import CliRunner
 from cnflow.cli.options import build_config, config_options, field_help
+
+from cnflow.experiments.latent_ode import MAX_SEED as LATENT_MAX_SEED
 
 
 @dataclass
@@ -62,3 +67,34 @@ def test_bad_values_are_usage_errors_naming_the_setting():
     assert run.exit_code == 2 and "not a list of int" in run.output
     run = CliRunner().invoke(_command, ["--rtol", "-1"])
     assert run.exit_code == 2 and "rtol must be positive, got -1.0" in run.output
+
+
+# --- every command: non-finite numbers and seeds out of range ------------------------
+
+FLOAT_OPTIONS = {
+    "classify": ["--lr", "--rtol", "--atol", "--step-size"],
+    "latent": ["--lr", "--final-lr-factor", "--rtol", "--atol"],
+    "density-matching": ["--nf-lr", "--cnf-lr", "--box-wall"],
+    "mle": ["--nf-lr", "--cnf-lr"],
+}
+SEEDS = {
+    "classify": ("--seed", str(2**64)),
+    "latent": ("--seed", str(LATENT_MAX_SEED + 1)),
+    "density-matching": ("--seeds", f"0,{2**64}"),
+    "mle": ("--seed", "429"),  # its batch seeds seed * 10**7 + step must stay below 2**32
+}
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_non_finite_numbers_are_refused_while_parsing(tmp_path, command):
+    for option in FLOAT_OPTIONS[command]:
+        for value in ("nan", "inf", "-inf"):
+            _refused(tmp_path, [*COMMANDS[command], str(tmp_path / "run"), option, value],
+                     f"'{option}'", code=2)
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_seeds_out_of_range_name_the_seed_option(tmp_path, command):
+    option, value = SEEDS[command]
+    _refused(tmp_path, [*COMMANDS[command], str(tmp_path / "run"), option, value],
+             f"'{option}'", code=2)

@@ -18,13 +18,6 @@ from cnflow.experiments.compare.density_matching import (
 from cnflow.experiments.compare.targets import box_wall, reverse_kl
 
 
-@pytest.fixture(autouse=True)
-def _restore_threads():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_config_validates_its_arguments():
     with pytest.raises(ValueError, match="nf_layers entries must be an integer >= 1, got 0"):
         DensityMatchingConfig(nf_layers=(0,))

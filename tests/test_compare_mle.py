@@ -10,13 +10,6 @@ import torch
 from cnflow.experiments.compare.mle import QUICK, MLEConfig, build_models, run
 
 
-@pytest.fixture(autouse=True)
-def _restore_threads():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_config_validates_its_arguments():
     with pytest.raises(ValueError, match="datasets has unknown entries"):
         MLEConfig(datasets=("spiral",))

@@ -1,5 +1,5 @@
-"""ODE-Net (cnflow.models.odenet) and the Table 1 baselines (cnflow.experiments.odenet.baselines):
-sizes, shapes, NFE reporting, gradients and argument checks."""
+"""ODE-Net (cnflow.models.odenet): its structure and NFE reporting, the ODE block's
+argument checks, and adjoint against direct gradients."""
 
 from __future__ import annotations
 
@@ -7,28 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cnflow.experiments.odenet.baselines import MLP, ResNet, RKNet, build_classifier
-from cnflow.models.odenet import ConvODEFunc, ODEBlock, ODENet, block_nfe, count_parameters
-
-
-def test_parameter_counts_match_the_paper():
-    ode = count_parameters(build_classifier("odenet"))
-    res = count_parameters(build_classifier("resnet"))
-    mlp = count_parameters(build_classifier("mlp"))
-    rk = count_parameters(build_classifier("rknet"))
-    assert 0.20e6 <= ode <= 0.22e6
-    assert 0.57e6 <= res <= 0.60e6
-    assert 0.23e6 <= mlp <= 0.25e6
-    assert rk == ode
-    assert 0.3 <= ode / res <= 0.4
-
-
-@pytest.mark.parametrize("name", ["mlp", "resnet", "rknet", "odenet"])
-@pytest.mark.parametrize("size", [28, 8])
-def test_output_shapes(name, size):
-    model = build_classifier(name, image_size=size, method="rk4", step_size=0.5)
-    x = torch.rand(3, 1, size, size)
-    assert model(x).shape == (3, 10)
+from cnflow.experiments.odenet.baselines import MLP
+from cnflow.models.odenet import ConvODEFunc, ODEBlock, ODENet, block_nfe
 
 
 def test_odenet_structure_and_nfe_reporting():
@@ -48,15 +28,6 @@ def test_odenet_structure_and_nfe_reporting():
     assert block_nfe(MLP()) == (None, None)  # no ODE block at all
 
 
-def test_rknet_backpropagates_directly():
-    model = RKNet(method="rk4", step_size=0.5)
-    assert model.odeblock.gradient == "direct"
-    model(torch.rand(2, 1, 28, 28)).sum().backward()
-    assert model.odeblock.nfe_forward == 8
-    assert model.odeblock.nfe_backward is None  # direct mode: no re-evaluation
-    assert all(p.grad is not None for p in model.parameters())
-
-
 @pytest.mark.parametrize("kwargs, match", [
     ({"method": "rk45"}, "method='rk45'"),
     ({"gradient": "backprop"}, "gradient='backprop'"),
@@ -69,19 +40,6 @@ def test_rknet_backpropagates_directly():
 def test_odeblock_rejects_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         ODEBlock(ConvODEFunc(8), **kwargs)
-
-
-def test_bad_model_arguments():
-    with pytest.raises(TypeError, match="func"):
-        ODEBlock(lambda t, h: h)
-    with pytest.raises(ValueError, match="name='vgg'"):
-        build_classifier("vgg")
-    with pytest.raises(ValueError, match="num_blocks"):
-        ResNet(num_blocks=0)
-    with pytest.raises(ValueError, match="hidden"):
-        MLP(hidden=0)
-    with pytest.raises(ValueError, match="image_size"):
-        build_classifier("mlp", image_size=0)
 
 
 def test_adjoint_and_direct_gradients_agree_float64():

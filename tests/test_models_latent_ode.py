@@ -25,7 +25,7 @@ from cnflow.models.latent_ode import (
 
 def _small_batch(n_spirals=6, n_obs=8, window=10, dtype=torch.float32):
     """ELBO inputs on the whole grid, built by hand (the experiment's latent_batch is checked
-    against the same construction in test_latent_train.py)."""
+    against the same construction in test_latent_ode_train.py)."""
     data = generate_spirals(n_spirals=n_spirals, window=window, seed=1, dtype=dtype)
     idx = sample_observation_indices(n_spirals, n_obs, window)
     x_obs, t_obs = observed_points(data.times, data.noisy, idx)

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import gzip
 import struct
+import time
+import tracemalloc
 
 import numpy as np
 import pytest
 import torch
+from mnist_files import idx_bytes, write_mnist_dir
 
 from cnflow.data.mnist import (
     IDXFormatError,
@@ -19,28 +22,6 @@ from cnflow.data.mnist import (
     load_named,
     read_idx,
 )
-
-
-# Public: the CLI tests (test_cli_classify.py) write data folders with these too.
-def idx_bytes(array: np.ndarray, magic: int | None = None) -> bytes:
-    """An IDX file of unsigned bytes holding ``array`` (with its own magic number, or
-    ``magic``)."""
-    code = 0x08
-    magic = (code << 8 | array.ndim) if magic is None else magic
-    return struct.pack(">I", magic) + struct.pack(f">{array.ndim}I", *array.shape) + \
-        array.astype(">u1").tobytes()
-
-
-def write_mnist_dir(root, n_train=6, n_test=4, gz=True):
-    """A folder of random MNIST-style train and t10k IDX files (gzipped or not)."""
-    rng = np.random.RandomState(0)
-    for prefix, n in (("train", n_train), ("t10k", n_test)):
-        for kind, array in (("images-idx3", rng.randint(0, 256, (n, 28, 28))),
-                            ("labels-idx1", rng.randint(0, 10, n))):
-            data = idx_bytes(array)
-            name = f"{prefix}-{kind}-ubyte" + (".gz" if gz else "")
-            (root / name).write_bytes(gzip.compress(data) if gz else data)
-    return root
 
 
 @pytest.mark.parametrize("gz", [True, False])
@@ -147,3 +128,60 @@ def test_load_named_checks_the_name_and_the_folder(tmp_path):
         load_named("idx")
     with pytest.raises(ValueError, match="data_dir='.' with data='digits'"):
         check_data_name("digits", ".")
+
+
+# --- IDX reader: sizes are checked before anything is decompressed ----------------------------
+
+def _idx_header(shape, code=0x08) -> bytes:
+    return struct.pack(">HBB", 0, code, len(shape)) + struct.pack(f">{len(shape)}I", *shape)
+
+
+def _peak_bytes(fn) -> int:
+    tracemalloc.start()
+    try:
+        fn()
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    return peak
+
+
+def test_idx_header_declaring_gigabytes_fails_without_reading(tmp_path):
+    path = tmp_path / "bomb-images-idx3-ubyte.gz"
+    # 4 GiB of float64 declared, a few bytes present.
+    path.write_bytes(gzip.compress(_idx_header((2**16, 2**8, 2**5), code=0x0E) + bytes(64)))
+
+    def read():
+        with pytest.raises(IDXFormatError, match=rf"{path.name}: header declares shape "
+                                                 r"\(65536, 256, 32\) \(4294967296 data bytes\),"
+                                                 r" more than max_bytes="):
+            read_idx(path)
+
+    start = time.perf_counter()
+    assert _peak_bytes(read) < 1 << 20
+    assert time.perf_counter() - start < 1.0
+
+
+def test_idx_reads_exactly_the_declared_bytes(tmp_path):
+    array = np.arange(24, dtype=np.uint8).reshape(2, 3, 4)
+    path = tmp_path / "a.gz"
+    # Declares 24 bytes, decompresses to 16 MiB: only 25 bytes are ever decompressed.
+    path.write_bytes(gzip.compress(_idx_header(array.shape) + array.tobytes() + bytes(2**24)))
+
+    def read():
+        with pytest.raises(IDXFormatError, match=r"has trailing bytes: .* \(24 data bytes\), "
+                                                 "file holds more than 24"):
+            read_idx(path)
+
+    assert _peak_bytes(read) < 1 << 20
+    path.write_bytes(gzip.compress(_idx_header(array.shape) + array.tobytes()[:-5]))
+    with pytest.raises(IDXFormatError, match=r"truncated: .* \(24 data bytes\), file holds 19"):
+        read_idx(path)
+    path.write_bytes(gzip.compress(_idx_header(array.shape) + array.tobytes()))
+    np.testing.assert_array_equal(read_idx(path), array)
+    with pytest.raises(IDXFormatError, match="more than max_bytes=23"):
+        read_idx(path, max_bytes=23)
+    plain = tmp_path / "a.idx"
+    plain.write_bytes(_idx_header((10**5, 10**5)) + bytes(10))
+    with pytest.raises(IDXFormatError, match=r"\(10000000000 data bytes\), more than"):
+        read_idx(plain)

@@ -1,13 +1,16 @@
-"""`cnflow compare`: both comparisons run end to end in --quick mode, their options are their
-configs' fields, and bad arguments fail clearly before anything is written."""
+"""`cnflow compare`: both comparisons run end to end in --quick mode, their options are
+their configs' fields, bad arguments fail clearly before anything is written, `compare
+report` reads null numbers and names a result file it cannot use, and --overwrite
+replaces only the comparison's own results."""
 
 from __future__ import annotations
 
 import json
 import shlex
+from pathlib import Path
 
 import pytest
-import torch
+from cli_checks import _files, _refused, _strict_json
 from click.testing import CliRunner
 from cnflow.cli.compare import density_matching as density_command
 from cnflow.cli.compare import mle as mle_command
@@ -16,13 +19,6 @@ from cnflow.cli.options import build_config
 
 from cnflow.experiments.compare import density_matching, mle
 from cnflow.report import command_line
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
 
 
 def _invoke(*args: str):
@@ -125,3 +121,62 @@ def test_report_without_results_fails_clearly(tmp_path):
                                       "--md", str(tmp_path / "x.md")])
     assert result.exit_code == 1
     assert "no density_matching/density_matching.json or mle/mle.json" in result.output
+
+
+def _mle_result(out: Path) -> None:
+    """A strict-JSON mle.json whose fit diverged (non-finite numbers written as null)."""
+    from dataclasses import asdict
+
+    from cnflow.experiments.compare import MLEConfig
+    from cnflow.runs import write_json
+
+    run = {"dataset": "two_moons", "model": "NF", "size": 2, "test_nll": float("inf"),
+           "test_nll_stderr": float("nan"), "kl": float("inf"), "kl_stderr": float("nan"),
+           "entropy_floor": 1.0, "cpu_seconds": 1.0, "skipped_steps": 3}
+    write_json({"experiment": "mle", "command": "cnflow compare mle", "runs": [run],
+                "config": asdict(MLEConfig()), "test_seed": 0, "cpu_seconds": 1.0,
+                "wall_seconds": 1.0}, out / "mle" / "mle.json")
+
+
+def test_compare_report_reads_null_numbers_and_refuses_unwritable_md(tmp_path):
+    out = tmp_path / "cmp"
+    _mle_result(out)
+    (tmp_path / "file").write_text("x")
+    md = tmp_path / "file" / "comparisons.md"
+    _refused(tmp_path, ["compare", "report", "--out", str(out), "--md", str(md)],
+             f"{str(tmp_path / 'file')!r}: it is a file", code=1)
+    result = CliRunner().invoke(cli, ["compare", "report", "--out", str(out), "--md",
+                                      str(tmp_path / "comparisons.md")])
+    assert result.exit_code == 0, result.output
+    assert "| two_moons | NF (planar, K=2) | nan |" in (tmp_path / "comparisons.md").read_text()
+
+
+@pytest.mark.parametrize("text, problem", [("{}", "it has no 'command'"),
+                                           ("{", "it is not JSON")])
+def test_compare_report_names_a_result_file_it_cannot_use(tmp_path, text, problem):
+    out = tmp_path / "cmp"
+    (out / "mle").mkdir(parents=True)
+    (out / "mle" / "mle.json").write_text(text)
+    _refused(tmp_path, ["compare", "report", "--out", str(out), "--md",
+                        str(tmp_path / "comparisons.md")], str(out / "mle" / "mle.json"), problem,
+             code=1)
+
+
+def test_mle_overwrite_replaces_only_its_own_results(tmp_path):
+    out = tmp_path / "cmp"
+    out.mkdir()
+    (out / "density_matching.json").write_text('{"kept": true}')
+    (out / "density_matching.png").write_bytes(b"kept")
+    (out / "mle.json").write_text('{"old": true}')
+    (out / "mle_snapshots.png").write_bytes(b"old")
+    args = ["compare", "mle", "--quick", "--datasets", "two_moons", "--nf-iterations", "1",
+            "--cnf-iterations", "1", "--grid", "4", "--figure-samples", "20", "--out", str(out)]
+    # Its own earlier results make the folder "another run"; the other comparison's do not.
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 1 and "(mle.json)" in result.output, result.output
+    result = CliRunner().invoke(cli, [*args, "--overwrite"])
+    assert result.exit_code == 0, result.output
+    assert _files(out) == ["config.json", "density_matching.json", "density_matching.png",
+                           "mle.json", "mle.md", "mle.png", "mle_snapshots.png"]
+    assert (out / "density_matching.png").read_bytes() == b"kept"
+    assert _strict_json(out / "mle.json")["experiment"] == "mle"

@@ -1,11 +1,11 @@
-"""Training the latent ODE and the RNN through cnflow.training.fit: the ELBO's batches, the
-objectives, the loop settings, the learning curve and the test RMSE."""
+"""Training the latent ODE and the RNN through cnflow.training.fit
+(cnflow.experiments.latent_ode.train): the ELBO's batches, the objectives, the loop
+settings, the learning curve, and a run that takes exactly its steps."""
 
 from __future__ import annotations
 
 import math
 
-import numpy as np
 import pytest
 import torch
 
@@ -22,7 +22,6 @@ from cnflow.experiments.latent_ode import (
     train_config,
     train_model,
 )
-from cnflow.experiments.latent_ode.evaluate import rmse, rmse_stderr
 from cnflow.models.latent_ode import LatentODE
 
 
@@ -159,17 +158,6 @@ def test_learning_curve_is_recorded_without_changing_the_run():
     assert plain.losses == result.losses and plain.curve["step"] == []
     with pytest.raises(ValueError, match="model='gru'"):
         new_model("gru", config)
-
-
-# --- the test RMSE --------------------------------------------------------------------------
-
-def test_rmse_and_its_standard_error_over_the_spirals():
-    prediction = torch.zeros(3, 2, 1)
-    target = torch.tensor([1.0, 2.0, 3.0]).view(3, 1, 1).expand(3, 2, 1)
-    assert rmse(prediction, target) == pytest.approx(math.sqrt(14 / 3))
-    # Per-spiral squared errors 1, 4, 9: se of their mean, through d sqrt(m) = dm / 2 sqrt(m).
-    se_mean = np.std([1.0, 4.0, 9.0], ddof=1) / math.sqrt(3)
-    assert rmse_stderr(prediction, target) == pytest.approx(se_mean / (2 * math.sqrt(14 / 3)))
 
 
 def test_a_run_takes_exactly_its_steps():
