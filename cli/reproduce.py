@@ -36,7 +36,7 @@ REPRODUCTIONS: dict[str, Reproduction] = {
     "solver": Reproduction("results/solver.md", (
         "cnflow benchmark solver --out results/solver.md",), "a few CPU-minutes"),
     "ddp": Reproduction("results/ddp.md", (
-        "cnflow benchmark ddp --processes 2 --repeats 3 --out results/ddp.md",),
+        "cnflow benchmark ddp --out results/ddp.md",),
         "about 20 minutes on 2 cores"),
     "tabular": Reproduction("results/tabular.md", (
         ("cnflow benchmark tabular --sets "
