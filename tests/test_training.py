@@ -13,6 +13,7 @@ import torch
 
 import toydata
 from cnflow.flows.cnf import CNF, ConcatSquashMLP, GatedHyperDynamics
+from cnflow.objectives import make_objective
 from cnflow.training import EndlessSamples, History, TrainConfig, evaluate, fit
 
 
@@ -198,10 +199,13 @@ def test_a_five_dimensional_cnf_learns_a_known_density():
     assert history.best_val_nll > floor - 0.2  # no model beats the truth by much on 500 rows
 
 
-def test_a_run_cut_inside_an_epoch_by_its_budget_resumes_at_the_next_batch(tmp_path):
+@pytest.mark.parametrize("objective", ["mle", "fm"])
+def test_a_run_cut_inside_an_epoch_by_its_budget_resumes_at_the_next_batch(tmp_path, objective):
     """A budget that ends after the first step cuts the first epoch; resumed without one,
     the run trains the rest of that epoch and then the others, ending with the weights of
-    an uninterrupted run, bit for bit (constant schedule: the budget does not steer it)."""
+    an uninterrupted run, bit for bit (constant schedule: the budget does not steer it).
+    Flow matching draws its noise and times from the global stream, which the resumed run
+    must continue exactly where the cut one left it."""
     data = _data(256)
     settings = {"epochs": 2, "batch_size": 32, "lr": 1e-2, "lr_schedule": "constant",
                 "patience": None, "min_epoch_steps": 1}
@@ -210,7 +214,8 @@ def test_a_run_cut_inside_an_epoch_by_its_budget_resumes_at_the_next_batch(tmp_p
         flow = _flow()
         flow.set_normalization(data)
         history = fit(flow, data[:192], data[192:], TrainConfig(**settings, **extra),
-                      checkpoint=tmp_path / "ck.pt", progress=False, **(
+                      checkpoint=tmp_path / "ck.pt", progress=False,
+                      objective=make_objective(objective), **(
                           {"resume": torch.load(tmp_path / "ck.pt", weights_only=True)}
                           if "max_time" not in extra and (tmp_path / "ck.pt").exists() else {}))
         return flow, history

@@ -279,7 +279,16 @@ def fit(model: nn.Module, train: Rows | tuple[torch.Tensor, ...] | EndlessSample
         # A run cut inside this epoch by its budget continues where it stopped: the epoch's
         # batches are reproducible, so the ones already trained are skipped.
         continued, done, skip = skip > 0, skip, 0
-        batches = itertools.islice(batches, done, None) if continued else batches
+        if continued:
+            # Starting a DataLoader draws its base seed from the global stream, which the
+            # cut run had done before the state it saved: start it, then put that state
+            # back, so that the objective's draws (flow matching, Hutchinson) continue as
+            # in an uninterrupted run.
+            rng = torch.get_rng_state()
+            batches = itertools.islice(batches, done, None)
+            first = next(batches, None)
+            torch.set_rng_state(rng)
+            batches = itertools.chain([] if first is None else [first], batches)
         finished = False
         for batch in batches:
             if history.steps >= total_steps:
