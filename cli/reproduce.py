@@ -44,7 +44,7 @@ REPRODUCTIONS: dict[str, Reproduction] = {
          "cnflow,zuko_nsf,zuko_maf,zuko_cnf --seeds 0,1,2 --budget 60.0 --jobs 2 --sweep "
          "--sweep-sets mix8,mnist_pca16,breast_cancer,digits --full-runs --work "
          "results/runs/tabular --out results/tabular"),
-    ), "several hours on 2 cores; fits are cached in results/runs/tabular"),
+    ), "about an hour on 2 cores; fits are cached in results/runs/tabular"),
     "flow_matching": Reproduction("results/flow_matching.md", (
         ("cnflow benchmark flow-matching --sets "
          "wine,breast_cancer,digits,mnist_pca16,mix4,mix8,mix16 --seeds 0,1,2 --budget "
