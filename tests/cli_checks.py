@@ -29,14 +29,14 @@ NEEDS_WRITE_PERMISSION = pytest.mark.skipif(
     os.name != "posix" or os.geteuid() == 0, reason="root writes to read-only folders")
 
 
-def _files(root: Path) -> list[str]:
+def listed_files(root: Path) -> list[str]:
     return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
 
 
-def _refused(root: Path, args: list[str], *names: str, code: int | None = None) -> str:
+def assert_refused(root: Path, args: list[str], *names: str, code: int | None = None) -> str:
     """Run ``args``: it must fail with one clean error naming ``names`` and touch nothing."""
     before = {p: p.read_bytes() for p in root.rglob("*") if p.is_file()}
-    listing = _files(root)
+    listing = listed_files(root)
     result = CliRunner().invoke(cli, args)
     assert result.exit_code != 0 and (code is None or result.exit_code == code), result.output
     assert isinstance(result.exception, SystemExit), result.exception
@@ -44,12 +44,12 @@ def _refused(root: Path, args: list[str], *names: str, code: int | None = None) 
         result.output
     for name in names:
         assert name in result.output, (name, result.output)
-    assert _files(root) == listing
+    assert listed_files(root) == listing
     assert all(p.read_bytes() == data for p, data in before.items())
     return result.output
 
 
-def _strict_json(path: Path):
+def strict_json(path: Path):
     def refuse(constant):
         raise AssertionError(f"{path} holds {constant}")
 
@@ -60,7 +60,7 @@ TINY_FIT = ["fit", "two_moons", "--iterations", "30", "--width", "4", "--hidden"
             "--test-size", "200", "--val-size", "200", "--no-figures"]
 
 
-def _check_run_folder(folder: Path, seed: int, stdout: str = "") -> None:
+def check_run_folder(folder: Path, seed: int, stdout: str = "") -> None:
     """The folder's files are one run's, that of ``seed``."""
     config = json.loads((folder / "config.json").read_text())
     metrics = json.loads((folder / "metrics.json").read_text())

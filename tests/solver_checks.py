@@ -31,19 +31,19 @@ class Counted:
         return -y
 
 
-def _decay(t, y):
+def decay_field(t, y):
     return -y
 
 
 # --- nonlinear problems ------------------------------------------------------------
 
-def _lotka_volterra(t, y):
+def lotka_volterra_field(t, y):
     a, b = y[..., 0], y[..., 1]
     return torch.stack([1.5 * a - a * b, -3.0 * b + a * b], -1) if isinstance(y, torch.Tensor) \
         else np.array([1.5 * a - a * b, -3.0 * b + a * b])
 
 
-def _van_der_pol(t, y):
+def van_der_pol_field(t, y):
     x, v = y[0], y[1]
     return torch.stack([v, 2.0 * (1 - x * x) * v - x]) if isinstance(y, torch.Tensor) \
         else np.array([v, 2.0 * (1 - x * x) * v - x])
@@ -63,7 +63,7 @@ class Decay(torch.nn.Module):
         return -self.k * y * (1 + 0.5 * torch.sin(t)) + self.w * torch.tanh(y)
 
 
-def _gated(seed: int = 0, width: int = 8) -> GatedHyperDynamics:
+def small_gated(seed: int = 0, width: int = 8) -> GatedHyperDynamics:
     dynamics = GatedHyperDynamics(2, width=width, hidden=6).double()
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():  # away from the identity initialisation: every term matters
@@ -72,7 +72,7 @@ def _gated(seed: int = 0, width: int = 8) -> GatedHyperDynamics:
     return dynamics
 
 
-def _autograd_only(field):
+def autograd_only(field):
     """The same field without its own VJP or stage times: the adjoint uses autograd."""
     return lambda t, y: field(t, y)
 

@@ -11,7 +11,7 @@ import shlex
 import numpy as np
 import pytest
 import torch
-from cli_checks import COMMANDS, _files, _strict_json
+from cli_checks import COMMANDS, listed_files, strict_json
 from click.testing import CliRunner
 from cnflow.cli.classify import classify, odenet_results
 from cnflow.cli.main import cli
@@ -171,5 +171,5 @@ def test_classify_overwrite_replaces_the_run_and_leaves_only_its_files(tmp_path)
     (out / "old.png").write_bytes(b"")
     result = CliRunner().invoke(cli, [*COMMANDS["classify"], str(out), "--overwrite"])
     assert result.exit_code == 0, result.output
-    assert _files(out) == ["checkpoint.pt", "metrics.json"]
-    assert _strict_json(out / "metrics.json")["model"] == "mlp"
+    assert listed_files(out) == ["checkpoint.pt", "metrics.json"]
+    assert strict_json(out / "metrics.json")["model"] == "mlp"

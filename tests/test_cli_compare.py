@@ -10,7 +10,7 @@ import shlex
 from pathlib import Path
 
 import pytest
-from cli_checks import _files, _refused, _strict_json
+from cli_checks import assert_refused, listed_files, strict_json
 from click.testing import CliRunner
 from cnflow.cli.compare import density_matching as density_command
 from cnflow.cli.compare import mle as mle_command
@@ -143,7 +143,7 @@ def test_compare_report_reads_null_numbers_and_refuses_unwritable_md(tmp_path):
     _mle_result(out)
     (tmp_path / "file").write_text("x")
     md = tmp_path / "file" / "comparisons.md"
-    _refused(tmp_path, ["compare", "report", "--out", str(out), "--md", str(md)],
+    assert_refused(tmp_path, ["compare", "report", "--out", str(out), "--md", str(md)],
              f"{str(tmp_path / 'file')!r}: it is a file", code=1)
     result = CliRunner().invoke(cli, ["compare", "report", "--out", str(out), "--md",
                                       str(tmp_path / "comparisons.md")])
@@ -157,7 +157,7 @@ def test_compare_report_names_a_result_file_it_cannot_use(tmp_path, text, proble
     out = tmp_path / "cmp"
     (out / "mle").mkdir(parents=True)
     (out / "mle" / "mle.json").write_text(text)
-    _refused(tmp_path, ["compare", "report", "--out", str(out), "--md",
+    assert_refused(tmp_path, ["compare", "report", "--out", str(out), "--md",
                         str(tmp_path / "comparisons.md")], str(out / "mle" / "mle.json"), problem,
              code=1)
 
@@ -176,7 +176,7 @@ def test_mle_overwrite_replaces_only_its_own_results(tmp_path):
     assert result.exit_code == 1 and "(mle.json)" in result.output, result.output
     result = CliRunner().invoke(cli, [*args, "--overwrite"])
     assert result.exit_code == 0, result.output
-    assert _files(out) == ["config.json", "density_matching.json", "density_matching.png",
+    assert listed_files(out) == ["config.json", "density_matching.json", "density_matching.png",
                            "mle.json", "mle.md", "mle.png", "mle_snapshots.png"]
     assert (out / "density_matching.png").read_bytes() == b"kept"
-    assert _strict_json(out / "mle.json")["experiment"] == "mle"
+    assert strict_json(out / "mle.json")["experiment"] == "mle"

@@ -503,12 +503,17 @@ def test_logprob_input_without_the_context_column_is_refused(conditional_run, tm
     assert result.exit_code == 2 and "label" in result.output, result.output
 
 
-def test_context_for_an_unconditional_model_is_refused(tmp_path):
-    out = tmp_path / "run"
+def _tiny_unconditional_fit(out) -> None:
+    """A two-step unconditional fit of two_moons into ``out``."""
     result = CliRunner().invoke(cli, ["fit", "two_moons", "--iterations", "2", "--width", "4",
                                       "--hidden", "4", "--test-size", "100", "--val-size",
                                       "100", "--no-figures", "--out", str(out)])
     assert result.exit_code == 0, result.output
+
+
+def test_context_for_an_unconditional_model_is_refused(tmp_path):
+    out = tmp_path / "run"
+    _tiny_unconditional_fit(out)
     result = CliRunner().invoke(cli, ["sample", "-c", str(out), "-n", "5", "--context", "1",
                                       "--out", str(tmp_path / "s.csv")])
     assert result.exit_code == 2 and "unconditional" in result.output
@@ -535,10 +540,7 @@ def test_a_fine_tune_stopped_by_its_budget_resumes_in_its_own_phase(tmp_path):
 
 def test_a_version_2_checkpoint_still_loads_as_an_unconditional_mle_run(tmp_path):
     out = tmp_path / "run"
-    result = CliRunner().invoke(cli, ["fit", "two_moons", "--iterations", "2", "--width", "4",
-                                      "--hidden", "4", "--test-size", "100", "--val-size",
-                                      "100", "--no-figures", "--out", str(out)])
-    assert result.exit_code == 0, result.output
+    _tiny_unconditional_fit(out)
     state = torch.load(out / "checkpoint.pt", weights_only=True)
     state["version"] = 2  # what cnflow wrote before objectives and contexts existed
     del state["data"]["context_columns"]

@@ -9,7 +9,7 @@ import shlex
 
 import pytest
 import torch
-from cli_checks import COMMANDS, NEEDS_WRITE_PERMISSION, _refused
+from cli_checks import COMMANDS, NEEDS_WRITE_PERMISSION, assert_refused
 from click.testing import CliRunner
 from cnflow.cli.latent import config_from, latent
 from cnflow.cli.main import cli
@@ -100,7 +100,7 @@ def test_a_solve_that_blows_up_leaves_no_results(tmp_path, monkeypatch):
 def test_latent_md_under_a_file_is_refused_before_anything_is_written(tmp_path):
     (tmp_path / "file").write_text("x")
     md = tmp_path / "file" / "report.md"
-    _refused(tmp_path, [*COMMANDS["latent"], str(tmp_path / "run"), "--md", str(md)], str(md),
+    assert_refused(tmp_path, [*COMMANDS["latent"], str(tmp_path / "run"), "--md", str(md)], str(md),
              code=1)
 
 
@@ -110,7 +110,7 @@ def test_latent_md_in_an_unwritable_folder_is_refused(tmp_path):
     locked.mkdir()
     locked.chmod(0o500)
     try:
-        _refused(tmp_path, [*COMMANDS["latent"], str(tmp_path / "run"), "--md",
+        assert_refused(tmp_path, [*COMMANDS["latent"], str(tmp_path / "run"), "--md",
                             str(locked / "report.md")], str(locked / "report.md"), code=1)
     finally:
         locked.chmod(0o700)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import click
 import pytest
-from cli_checks import COMMANDS, _refused
+from cli_checks import COMMANDS, assert_refused
 from click.testing import CliRunner
 from cnflow.cli.options import build_config, config_options, field_help
 
@@ -89,12 +89,12 @@ SEEDS = {
 def test_non_finite_numbers_are_refused_while_parsing(tmp_path, command):
     for option in FLOAT_OPTIONS[command]:
         for value in ("nan", "inf", "-inf"):
-            _refused(tmp_path, [*COMMANDS[command], str(tmp_path / "run"), option, value],
+            assert_refused(tmp_path, [*COMMANDS[command], str(tmp_path / "run"), option, value],
                      f"'{option}'", code=2)
 
 
 @pytest.mark.parametrize("command", COMMANDS)
 def test_seeds_out_of_range_name_the_seed_option(tmp_path, command):
     option, value = SEEDS[command]
-    _refused(tmp_path, [*COMMANDS[command], str(tmp_path / "run"), option, value],
+    assert_refused(tmp_path, [*COMMANDS[command], str(tmp_path / "run"), option, value],
              f"'{option}'", code=2)

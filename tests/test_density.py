@@ -10,7 +10,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from cli_checks import TINY_FIT, _check_run_folder
+from cli_checks import TINY_FIT, check_run_folder
 from click.testing import CliRunner
 from cnflow.cli.main import cli
 
@@ -132,4 +132,4 @@ def test_a_run_resumed_after_its_time_budget_takes_all_its_iterations(
     assert result.exit_code == 0, result.output
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["steps"] == 30
-    _check_run_folder(run, 3)
+    check_run_folder(run, 3)

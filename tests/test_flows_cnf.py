@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 from flow_checks import brute_force_log_prob
-from solver_checks import _gated
+from solver_checks import small_gated
 
 import toydata
 from cnflow.flows.cnf import CNF, ConcatSquashMLP, GatedHyperDynamics, JointField
@@ -257,7 +257,7 @@ def test_row_blocks_give_the_same_solve(kind):
 # --- the joint field's own VJP -----------------------------------------------------
 
 def test_gated_joint_vjp_equals_autograd():
-    dynamics = _gated()
+    dynamics = small_gated()
     field = JointField(dynamics, 2, "closed_form")
     params = tuple(dynamics.parameters())
     assert field.vjp_params == params

@@ -19,9 +19,9 @@ from cli_checks import (
     COMMANDS,
     NEEDS_WRITE_PERMISSION,
     TINY_FIT,
-    _check_run_folder,
-    _files,
-    _refused,
+    assert_refused,
+    check_run_folder,
+    listed_files,
 )
 from click.testing import CliRunner
 from cnflow.cli.main import cli
@@ -38,7 +38,7 @@ MARKERS = {"classify": "metrics.json", "latent": "metrics.json",
 def test_an_out_path_under_a_file_is_refused(tmp_path, command):
     (tmp_path / "file").write_text("x")
     out = tmp_path / "file" / "run"
-    _refused(tmp_path, [*COMMANDS[command], str(out)], str(out), "Not a directory", code=1)
+    assert_refused(tmp_path, [*COMMANDS[command], str(out)], str(out), "Not a directory", code=1)
 
 
 @NEEDS_WRITE_PERMISSION
@@ -48,7 +48,7 @@ def test_an_unwritable_out_folder_is_refused(tmp_path, command):
     locked.mkdir()
     locked.chmod(0o500)
     try:
-        _refused(tmp_path, [*COMMANDS[command], str(locked / "run")], str(locked / "run"),
+        assert_refused(tmp_path, [*COMMANDS[command], str(locked / "run")], str(locked / "run"),
                  "Permission denied", code=1)
     finally:
         locked.chmod(0o700)
@@ -59,7 +59,7 @@ def test_a_folder_holding_another_run_is_refused_without_overwrite(tmp_path, com
     out = tmp_path / "run"
     out.mkdir()
     (out / MARKERS[command]).write_text("{}")
-    _refused(tmp_path, [*COMMANDS[command], str(out)], "already holds a run", "--overwrite",
+    assert_refused(tmp_path, [*COMMANDS[command], str(out)], "already holds a run", "--overwrite",
              MARKERS[command], code=1)
 
 
@@ -67,7 +67,7 @@ def test_a_folder_holding_another_run_is_refused_without_overwrite(tmp_path, com
 def test_a_folder_locked_by_another_run_is_refused(tmp_path, command):
     out = tmp_path / "run"
     with run_directory(out):
-        output = _refused(tmp_path, [*COMMANDS[command], str(out)], str(out), code=1)
+        output = assert_refused(tmp_path, [*COMMANDS[command], str(out)], str(out), code=1)
     assert "another process is writing" in output
 
 
@@ -86,7 +86,7 @@ def test_a_solve_that_blows_up_is_one_message_and_leaves_no_results(tmp_path, mo
     result = CliRunner().invoke(cli, [*COMMANDS[command], str(out)])
     assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
     assert result.output.count("Error:") == 1 and "became NaN/inf" in result.output
-    assert _files(out) == []  # neither results nor the lock file
+    assert listed_files(out) == []  # neither results nor the lock file
 
 
 def test_a_run_that_fails_before_writing_leaves_no_empty_folder(tmp_path):
@@ -140,6 +140,6 @@ def test_two_fits_into_one_folder_at_once(tmp_path: Path) -> None:
     assert ("another process is writing a run" in lines[0]
             or "already holds a run" in lines[0]), loser_err
     assert str(out) in lines[0]
-    _check_run_folder(out, seeds[winner], stdout)
+    check_run_folder(out, seeds[winner], stdout)
     assert {p.name for p in out.iterdir()} <= {".lock", "config.json", "metrics.json",
                                                "checkpoint.pt"}

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from solver_checks import Decay, Oscillator, _autograd_only, _gated
+from solver_checks import Decay, Oscillator, autograd_only, small_gated
 
 import cnflow
 from cnflow.flows.cnf import JointField
@@ -36,14 +36,14 @@ def _gradients(func, params, y0, times, method="dopri5", norm="seminorm", rtol=1
 @pytest.mark.parametrize("method", ADAPTIVE_METHODS)
 def test_closed_form_adjoint_equals_autograd_adjoint(method, norm):
     """The CNF's joint field (state and log-density, exact trace), forward and reversed."""
-    dynamics = _gated()
+    dynamics = small_gated()
     field = JointField(dynamics, 2, "closed_form")
     params = tuple(dynamics.parameters())
     for times in (torch.tensor([0.0, 0.4, 1.0], dtype=F64), torch.tensor([1.0, 0.0], dtype=F64)):
         y0 = torch.cat([torch.randn(6, 2, dtype=F64), torch.zeros(6, 1, dtype=F64)], 1)
         y0.requires_grad_(True)
         closed, stats = _gradients(field, params, y0, times, method, norm)
-        auto, auto_stats = _gradients(_autograd_only(field), params, y0, times, method, norm)
+        auto, auto_stats = _gradients(autograd_only(field), params, y0, times, method, norm)
         assert stats.backward.n_accepted == auto_stats.backward.n_accepted
         torch.testing.assert_close(closed, auto, rtol=0, atol=1e-10)
 
@@ -52,13 +52,13 @@ def test_closed_form_adjoint_equals_autograd_adjoint(method, norm):
 def test_parameter_quadrature_equals_carried_parameter_adjoint(method):
     """Under the seminorm a_θ cannot change a step: summing it over the accepted steps'
     stages is the Runge–Kutta update of the carried a_θ, up to the order of additions."""
-    dynamics = _gated(seed=1)
+    dynamics = small_gated(seed=1)
     params = tuple(dynamics.parameters())
     times = torch.linspace(1.0, 0.0, 5, dtype=F64)
     y0 = torch.cat([torch.randn(5, 2, dtype=F64), torch.zeros(5, 1, dtype=F64)], 1)
     y0.requires_grad_(True)
     for field in (JointField(dynamics, 2, "closed_form"),
-                  _autograd_only(JointField(dynamics, 2, "closed_form"))):
+                  autograd_only(JointField(dynamics, 2, "closed_form"))):
         # A first step of the whole interval is rejected: rejections are exercised.
         rtol = 1e-10 if method == "dopri8" else 1e-6
         summed, stats = _gradients(field, params, y0, times, method, "seminorm", rtol, 0.25)
@@ -85,7 +85,7 @@ class CountingField:
 
 
 def test_rejected_steps_cost_no_parameter_vjps():
-    dynamics = _gated(seed=1)
+    dynamics = small_gated(seed=1)
     field = CountingField(JointField(dynamics, 2, "closed_form"))
     y0 = torch.cat([torch.randn(5, 2, dtype=F64), torch.zeros(5, 1, dtype=F64)], 1)
     y0.requires_grad_(True)

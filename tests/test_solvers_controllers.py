@@ -12,7 +12,7 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
-from solver_checks import FEW, T01, Counted, _decay, _van_der_pol
+from solver_checks import FEW, T01, Counted, decay_field, van_der_pol_field
 
 import cnflow
 from cnflow.solvers.odeint import make_norm
@@ -53,7 +53,7 @@ def test_controllers_are_objects_that_keep_their_step_between_solves():
 def test_budget_underflow_and_nan_errors_say_where():
     t = torch.tensor([0.0, 1.0], dtype=F64)
     with pytest.raises(cnflow.ODESolverError, match=r"max_num_steps=5 .* at t=.*step size h="):
-        cnflow.odeint(_van_der_pol, torch.tensor([2.0, 0.0], dtype=F64), t * 8,
+        cnflow.odeint(van_der_pol_field, torch.tensor([2.0, 0.0], dtype=F64), t * 8,
                       options={"max_num_steps": 5})
     # y' = y², y(0) = 1 blows up at t = 1.
     with pytest.raises(cnflow.ODESolverError, match=r"(underflowed|NaN/inf) at t=(0\.99|1\b)"):
@@ -88,11 +88,11 @@ def test_tiny_fixed_step_fails_before_building_the_grid():
 
 def test_fixed_step_budget_is_exact():
     # 1 / 0.1 is 10 steps up to round-off: a budget of 10 suffices, 9 does not.
-    ys = cnflow.odeint(_decay, torch.ones(1, dtype=F64), T01, method="rk4",
+    ys = cnflow.odeint(decay_field, torch.ones(1, dtype=F64), T01, method="rk4",
                        options={"step_size": 0.1, "max_num_steps": 10})
     assert ys[-1].item() == pytest.approx(math.exp(-1), rel=1e-6)
     with pytest.raises(cnflow.ODESolverError, match="implies 10 steps"):
-        cnflow.odeint(_decay, torch.ones(1, dtype=F64), T01, method="rk4",
+        cnflow.odeint(decay_field, torch.ones(1, dtype=F64), T01, method="rk4",
                       options={"step_size": 0.1, "max_num_steps": 9})
     # Without step_size a fixed-step method steps from output to output.
     func = Counted()

@@ -8,7 +8,7 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
-from solver_checks import FEW, Oscillator, _autograd_only, _gated
+from solver_checks import FEW, Oscillator, autograd_only, small_gated
 
 import cnflow
 from cnflow.flows.cnf import JointField
@@ -57,12 +57,12 @@ def test_own_vjp_is_not_used_for_parameters_it_does_not_cover():
 
 
 def test_stage_time_batching_gives_the_same_solve():
-    dynamics = _gated()
+    dynamics = small_gated()
     field = JointField(dynamics, 2, "closed_form")
     y0 = torch.cat([torch.randn(7, 2, dtype=F64), torch.zeros(7, 1, dtype=F64)], 1)
     times = torch.tensor([0.0, 0.3, 1.0], dtype=F64)
     batched = cnflow.solve(field, y0, times, rtol=1e-9, atol=1e-9)
-    plain = cnflow.solve(_autograd_only(field), y0, times, rtol=1e-9, atol=1e-9)
+    plain = cnflow.solve(autograd_only(field), y0, times, rtol=1e-9, atol=1e-9)
     assert batched.stats.forward == plain.stats.forward
     torch.testing.assert_close(batched.ys, plain.ys, rtol=0, atol=1e-13)
 

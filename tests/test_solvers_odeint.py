@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 from scipy.integrate import solve_ivp
-from solver_checks import ADAPTIVE, Counted, _lotka_volterra, _van_der_pol
+from solver_checks import ADAPTIVE, Counted, lotka_volterra_field, van_der_pol_field
 
 import cnflow
 from cnflow.solvers.tableaus import TABLEAUS
@@ -62,8 +62,8 @@ def _driven_pendulum(t, y):
 
 
 PROBLEMS = {
-    "lotka_volterra": (_lotka_volterra, [1.0, 1.0], 10.0),
-    "van_der_pol": (_van_der_pol, [2.0, 0.0], 8.0),
+    "lotka_volterra": (lotka_volterra_field, [1.0, 1.0], 10.0),
+    "van_der_pol": (van_der_pol_field, [2.0, 0.0], 8.0),
     "driven_pendulum": (_driven_pendulum, [0.5, 0.0], 10.0),
 }
 
@@ -93,24 +93,24 @@ def test_against_scipy(problem, method, reverse):
 def test_float32_solution_and_dtype():
     t = torch.linspace(0, 3, 11)
     y0 = torch.tensor([1.0, 1.0])
-    ys = cnflow.odeint(_lotka_volterra, y0, t, rtol=1e-5, atol=1e-6)
+    ys = cnflow.odeint(lotka_volterra_field, y0, t, rtol=1e-5, atol=1e-6)
     assert ys.dtype == torch.float32
-    ref = solve_ivp(_lotka_volterra, (0, 3), [1.0, 1.0], method="DOP853", rtol=1e-12,
+    ref = solve_ivp(lotka_volterra_field, (0, 3), [1.0, 1.0], method="DOP853", rtol=1e-12,
                     atol=1e-12, t_eval=t.double().numpy())
     assert np.abs(ys.numpy() - ref.y.T).max() < 1e-3
 
 
 def test_forward_then_backward_returns_to_start():
     y0 = torch.tensor([2.0, 0.0], dtype=F64)
-    yT = cnflow.odeint(_van_der_pol, y0, torch.tensor([0.0, 3.0], dtype=F64),
+    yT = cnflow.odeint(van_der_pol_field, y0, torch.tensor([0.0, 3.0], dtype=F64),
                        rtol=1e-11, atol=1e-11)[-1]
-    back = cnflow.odeint(_van_der_pol, yT, torch.tensor([3.0, 0.0], dtype=F64),
+    back = cnflow.odeint(van_der_pol_field, yT, torch.tensor([3.0, 0.0], dtype=F64),
                          rtol=1e-11, atol=1e-11)[-1]
     assert torch.allclose(back, y0, atol=1e-7)
 
 
 def test_stats_and_step_counts():
-    sol = cnflow.solve(_van_der_pol, torch.tensor([2.0, 0.0], dtype=F64),
+    sol = cnflow.solve(van_der_pol_field, torch.tensor([2.0, 0.0], dtype=F64),
                        torch.tensor([0.0, 8.0], dtype=F64), rtol=1e-6, atol=1e-6)
     s = sol.stats.forward
     # dopri5 is FSAL: 6 new evaluations per attempted step, plus 2 to start.
@@ -134,8 +134,8 @@ def test_torchdiffeq_port_gives_the_same_numbers():
     torchdiffeq = pytest.importorskip("torchdiffeq")
     t = torch.linspace(0, 5, 11, dtype=F64)
     y0 = torch.tensor([1.0, 1.0], dtype=F64)
-    ours = cnflow.odeint(_lotka_volterra, y0, t, rtol=1e-10, atol=1e-10)
-    theirs = torchdiffeq.odeint(_lotka_volterra, y0, t, rtol=1e-10, atol=1e-10)
+    ours = cnflow.odeint(lotka_volterra_field, y0, t, rtol=1e-10, atol=1e-10)
+    theirs = torchdiffeq.odeint(lotka_volterra_field, y0, t, rtol=1e-10, atol=1e-10)
     assert ours.shape == theirs.shape
     assert torch.allclose(ours, theirs, atol=1e-7)
 
@@ -144,8 +144,8 @@ def test_torchdiffeq_port_gives_the_same_numbers():
 def test_cuda_matches_cpu():
     t = torch.linspace(0, 3, 7)
     y0 = torch.tensor([1.0, 1.0])
-    cpu = cnflow.odeint(_lotka_volterra, y0, t, rtol=1e-6, atol=1e-6)
-    gpu = cnflow.odeint(_lotka_volterra, y0.cuda(), t.cuda(), rtol=1e-6, atol=1e-6)
+    cpu = cnflow.odeint(lotka_volterra_field, y0, t, rtol=1e-6, atol=1e-6)
+    gpu = cnflow.odeint(lotka_volterra_field, y0.cuda(), t.cuda(), rtol=1e-6, atol=1e-6)
     assert gpu.device.type == "cuda"
     assert torch.allclose(gpu.cpu(), cpu, atol=1e-5)
 

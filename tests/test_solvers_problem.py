@@ -14,7 +14,7 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
-from solver_checks import FEW, T01, _decay
+from solver_checks import FEW, T01, decay_field
 
 import cnflow
 from cnflow.solvers.odeint import make_norm
@@ -116,10 +116,10 @@ def test_bad_method_options_tolerances():
 
 def test_max_step_inf_and_none_values_mean_the_default():
     y0 = torch.tensor([1.0, 2.0], dtype=F64)
-    default = cnflow.odeint(_decay, y0, T01)
-    assert torch.equal(cnflow.odeint(_decay, y0, T01, options={"max_step": float("inf")}),
+    default = cnflow.odeint(decay_field, y0, T01)
+    assert torch.equal(cnflow.odeint(decay_field, y0, T01, options={"max_step": float("inf")}),
                        default)
-    assert torch.equal(cnflow.odeint(_decay, y0, T01, options={
+    assert torch.equal(cnflow.odeint(decay_field, y0, T01, options={
         "first_step": None, "max_step": None, "norm": None, "safety": None}), default)
 
 
@@ -144,18 +144,18 @@ def test_max_step_inf_and_none_values_mean_the_default():
 ])
 def test_bad_options_are_named(options, message):
     with pytest.raises((ValueError, TypeError), match=message):
-        cnflow.odeint(_decay, torch.ones(2), torch.tensor([0.0, 1.0]), options=options)
+        cnflow.odeint(decay_field, torch.ones(2), torch.tensor([0.0, 1.0]), options=options)
 
 
 def test_options_must_be_a_mapping_and_adjoint_options_are_named():
     with pytest.raises(TypeError, match="options must be a dict or None, got str"):
-        cnflow.odeint(_decay, torch.ones(2), torch.tensor([0.0, 1.0]), options="rk4")
+        cnflow.odeint(decay_field, torch.ones(2), torch.tensor([0.0, 1.0]), options="rk4")
     with pytest.raises(ValueError, match=r"adjoint_options\['safety'\]"):
-        cnflow.solve(_decay, torch.ones(2), torch.tensor([0.0, 1.0]), gradient="adjoint",
+        cnflow.solve(decay_field, torch.ones(2), torch.tensor([0.0, 1.0]), gradient="adjoint",
                      adjoint_params=(), adjoint_options={"safety": 2.0})
     # dopri8's controller order 8 allows less pi_beta than dopri5's 5.
     with pytest.raises(ValueError, match=r"pi_beta'\]=0.2 is too large for dopri8"):
-        cnflow.odeint(_decay, torch.ones(2), T01, method="dopri8", options={"pi_beta": 0.2})
+        cnflow.odeint(decay_field, torch.ones(2), T01, method="dopri8", options={"pi_beta": 0.2})
 
 
 # --- tolerances against the state's dtype ----------------------------------------------------
@@ -172,37 +172,37 @@ def test_options_must_be_a_mapping_and_adjoint_options_are_named():
 ])
 def test_tolerances_out_of_the_dtype_range(kwargs, dtype, message):
     with pytest.raises(ValueError, match=message):
-        cnflow.odeint(_decay, torch.ones(2, dtype=dtype), torch.tensor([0.0, 1.0]), **kwargs)
+        cnflow.odeint(decay_field, torch.ones(2, dtype=dtype), torch.tensor([0.0, 1.0]), **kwargs)
 
 
 def test_tolerances_near_the_dtype_limit_still_run():
     # The defaults (rtol=1e-7, just under float32's epsilon) and ODE-Net's reference
     # tolerance 1e-8 in float32 keep working.
     for tol in (1e-7, 1e-8):
-        ys = cnflow.odeint(_decay, torch.ones(2), torch.tensor([0.0, 1.0]), rtol=tol, atol=tol)
+        ys = cnflow.odeint(decay_field, torch.ones(2), torch.tensor([0.0, 1.0]), rtol=tol, atol=tol)
         assert torch.allclose(ys[-1], torch.full((2,), math.exp(-1)), atol=1e-6)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_precision_states(dtype):
     with pytest.raises(TypeError, match=f"y0 has dtype {dtype}.*method='dopri5'"):
-        cnflow.odeint(_decay, torch.ones(2, dtype=dtype), torch.tensor([0.0, 1.0]))
+        cnflow.odeint(decay_field, torch.ones(2, dtype=dtype), torch.tensor([0.0, 1.0]))
     with pytest.raises(TypeError, match=f"y0 has dtype {dtype}.*method='tsit5'"):
-        cnflow.solve(_decay, torch.ones(2, dtype=dtype), torch.tensor([0.0, 1.0]),
+        cnflow.solve(decay_field, torch.ones(2, dtype=dtype), torch.tensor([0.0, 1.0]),
                      method="rk4", options={"step_size": 0.1}, gradient="adjoint",
                      adjoint_params=(), adjoint_method="tsit5")
     # Fixed-step methods have no error control to break and keep working.
-    ys = cnflow.odeint(_decay, torch.ones(2, dtype=dtype), torch.tensor([0.0, 1.0]),
+    ys = cnflow.odeint(decay_field, torch.ones(2, dtype=dtype), torch.tensor([0.0, 1.0]),
                        method="rk4", options={"step_size": 0.1})
     assert ys.dtype == dtype and abs(ys[-1, 0].item() - math.exp(-1)) < 1e-2
 
 
 def test_adjoint_tolerances_are_named():
     with pytest.raises(ValueError, match="adjoint_rtol=1e-25 is far below"):
-        cnflow.solve(_decay, torch.ones(2), torch.tensor([0.0, 1.0]), gradient="adjoint",
+        cnflow.solve(decay_field, torch.ones(2), torch.tensor([0.0, 1.0]), gradient="adjoint",
                      adjoint_params=(), adjoint_rtol=1e-25)
     with pytest.raises(ValueError, match="adjoint_rtol and adjoint_atol cannot both be zero"):
-        cnflow.solve(_decay, torch.ones(2), torch.tensor([0.0, 1.0]), gradient="adjoint",
+        cnflow.solve(decay_field, torch.ones(2), torch.tensor([0.0, 1.0]), gradient="adjoint",
                      adjoint_params=(), adjoint_rtol=0.0, adjoint_atol=0.0)
 
 
@@ -242,7 +242,7 @@ def test_random_bad_option_value_is_named(key_value, method):
     if key == "step_size" and adaptive:
         method = "rk4"
     with pytest.raises((ValueError, TypeError)) as info:
-        cnflow.odeint(_decay, torch.ones(2), torch.tensor([0.0, 1.0]), method=method,
+        cnflow.odeint(decay_field, torch.ones(2), torch.tensor([0.0, 1.0]), method=method,
                       options=options)
     assert f"options['{key}']" in str(info.value) and repr(value) in str(info.value)
 
@@ -258,7 +258,7 @@ def test_random_options_fail_cleanly_or_solve(options, method, gradient):
         options["max_num_steps"] = 500
     y0 = torch.ones(2, dtype=F64, requires_grad=True)
     try:
-        sol = cnflow.solve(_decay, y0, torch.tensor([0.0, 0.3, 1.0], dtype=F64),
+        sol = cnflow.solve(decay_field, y0, torch.tensor([0.0, 0.3, 1.0], dtype=F64),
                            method=method, options=options, gradient=gradient,
                            adjoint_params=None if gradient == "direct" else ())
         sol.ys.sum().backward()
@@ -275,7 +275,7 @@ def test_random_tolerances_fail_cleanly_or_solve(rtol, atol, dtype, method):
     options = {"max_num_steps": 500} | ({} if TABLEAUS[method].adaptive else
                                         {"step_size": 0.05})
     try:
-        ys = cnflow.odeint(_decay, torch.ones(2, dtype=dtype), T01, rtol=rtol, atol=atol,
+        ys = cnflow.odeint(decay_field, torch.ones(2, dtype=dtype), T01, rtol=rtol, atol=atol,
                            method=method, options=options)
     except ALLOWED as exc:
         message = str(exc)
@@ -291,7 +291,7 @@ def test_random_tolerances_fail_cleanly_or_solve(rtol, atol, dtype, method):
        shape=st.lists(st.integers(0, 3), max_size=3))
 def test_random_times_and_states_fail_cleanly_or_solve(t, shape):
     try:
-        ys = cnflow.odeint(_decay, torch.ones(shape), torch.tensor(t), rtol=1e-4, atol=1e-6,
+        ys = cnflow.odeint(decay_field, torch.ones(shape), torch.tensor(t), rtol=1e-4, atol=1e-6,
                            options={"max_num_steps": 500})
     except ALLOWED as exc:
         assert str(exc)

@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from solver_checks import _lotka_volterra
+from solver_checks import lotka_volterra_field
 
 import cnflow
 from cnflow.solvers.runge_kutta import DenseStep, StepStats, rk_step
@@ -71,7 +71,7 @@ def test_dense_output_does_not_force_steps():
     t2 = torch.tensor([0.0, 10.0], dtype=F64)
     t200 = torch.linspace(0, 10, 200, dtype=F64)
     y0 = torch.tensor([1.0, 1.0], dtype=F64)
-    few = cnflow.solve(_lotka_volterra, y0, t2, rtol=1e-8, atol=1e-8)
-    many = cnflow.solve(_lotka_volterra, y0, t200, rtol=1e-8, atol=1e-8)
+    few = cnflow.solve(lotka_volterra_field, y0, t2, rtol=1e-8, atol=1e-8)
+    many = cnflow.solve(lotka_volterra_field, y0, t200, rtol=1e-8, atol=1e-8)
     assert many.stats.forward.n_accepted == few.stats.forward.n_accepted
     assert torch.allclose(many.ys[-1], few.ys[-1], rtol=0, atol=0)
