@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cnflow.flows.stacked import StackedFlow
-from cnflow.validation import check_int
+from cnflow.validation import check_float, check_int
 
 #: Inverse tolerance on ``α`` (relative to ``1 + |wᵀy|``) per floating-point type.
 INVERSE_TOL = {torch.float64: 1e-10, torch.float32: 1e-6, torch.float16: 1e-3,
@@ -54,9 +54,7 @@ class PlanarLayer(nn.Module):
     def __init__(self, dim: int, init_scale: float = 0.1):
         super().__init__()
         self.dim = check_int("dim", dim)
-        if not (isinstance(init_scale, (int, float)) and math.isfinite(init_scale)
-                and init_scale >= 0):
-            raise ValueError(f"init_scale must be a finite number >= 0, got {init_scale!r}")
+        init_scale = check_float("init_scale", init_scale, allow_minimum=True)
         w = torch.randn(dim) * init_scale
         u = torch.randn(dim) * init_scale
         w_sq = float(w @ w)
