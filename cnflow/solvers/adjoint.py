@@ -14,17 +14,18 @@ initial-step probe and a small first step.
 The vector-Jacobian products come from the field's own ``vjp`` when it has one (see
 :mod:`cnflow.solvers.field`), else from ``torch.autograd.grad``.
 
-**The parameter adjoint as a quadrature.** Under the seminorm the error norm measures
-``(y, a)`` only. Their derivatives do not depend on ``a_θ`` either, so every stage of
-``(y, a)``, every error ratio and hence every accept/reject decision is the same whether
-``a_θ`` is carried in the Runge–Kutta state or not; and the Runge–Kutta update of the
-``a_θ`` components is ``a_θ ← a_θ + h Σ_i b_i g_i`` with ``g_i = a_iᵀ ∂f/∂θ`` at stage
-``i`` — a quadrature over the accepted steps' stages. Accumulating that sum directly is
-therefore the same computation up to the order of floating-point additions, not an
-approximation; it skips the parameter VJPs of rejected steps and of zero weights ``b_i``,
-never combines the (large) parameter vector into stages, and lets a field compute all
-stages' parameter cotangents of a step at once. Without the seminorm ``a_θ`` enters the
-error norm, so it is carried in the state as before.
+**The parameter adjoint as a quadrature.** The derivatives of ``(y, a)`` do not depend on
+``a_θ``, so every stage of ``(y, a)`` is the same whether ``a_θ`` is carried in the
+Runge–Kutta state or not, and the Runge–Kutta update of the ``a_θ`` components is
+``a_θ ← a_θ + h Σ_i b_i g_i`` with ``g_i = a_iᵀ ∂f/∂θ`` at stage ``i``: a quadrature over
+the accepted steps' stages. Only ``(y, a)`` is stepped; the ``g_i`` of a step are computed
+together, when the step needs them — for the error estimate ``h Σ_i (b_i − b̂_i) g_i`` that a
+full norm measures (:class:`~cnflow.solvers.controllers.MeasuredQuadrature`), and for the
+update once the step is accepted. That is the same computation as carrying ``a_θ`` up to the
+order of floating-point additions, not an approximation; it never combines the (large)
+parameter vector into stages, and lets a field compute all stages' parameter cotangents of a
+step in one pass. Under the seminorm, which measures ``(y, a)`` only, rejected steps then
+cost no parameter VJPs at all, and neither does the initial-step probe.
 """
 
 from __future__ import annotations
@@ -90,51 +91,53 @@ class Adjoint(Gradient):
                   ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """``dL/dy0`` and ``dL/dθ`` for each parameter, from the outputs' gradients."""
         n = ys.shape[1]
-        quadrature = self.norm_kind == "seminorm"
-        system = _AdjointSystem(problem.func.vjp_for(params), n, self.tableau,
-                                carry=not quadrature, like=ys)
+        system = _AdjointSystem(problem.func.vjp_for(params), n, self.tableau, params,
+                                like=ys)
+        measured = self.norm_kind != "seminorm"
         norm = make_norm(self.norm_kind, [], measured=2 * n)
         # One controller for every interval carries the step size across them. Its
-        # initial-step probe skips the parameter VJPs under the seminorm, which does not
-        # measure them; a full norm does, so its probe needs them.
+        # initial-step probe records nothing for the quadrature; a full norm sees the
+        # parameter adjoint beside (y, a) in every error estimate and in the probe.
         controller = make_controller(self.tableau, self.rtol, self.atol, self.control, norm,
-                                     probe=system.probe if quadrature else None)
+                                     probe=system.probe,
+                                     quadrature=system if measured else None)
         stats = problem.stats.backward_stats()
         a = grad_ys[-1]
-        a_params = ys.new_zeros(sum(p.numel() for p in params))
         times = problem.times
         for i in range(len(times) - 1, 0, -1):
-            z = torch.cat([ys[i], a] if quadrature else [ys[i], a, a_params])
             system.partials.clear()  # the interval's first evaluation is its first stage
-            z = integrate(system, z, [-times[i], -times[i - 1]], self.tableau, controller,
-                           stats, on_step=system.on_step if quadrature else None)[-1]
-            a = z[n:2 * n] + grad_ys[i - 1]
-            a_params = z[2 * n:]
-        if quadrature:
-            return a, system.totals(params)
-        return a, [g.view_as(p) for g, p in
-                   zip(torch.split(a_params, [p.numel() for p in params]), params)]
+            z = integrate(system, torch.cat([ys[i], a]), [-times[i], -times[i - 1]],
+                          self.tableau, controller, stats, on_step=system.on_step)[-1]
+            a = z[n:] + grad_ys[i - 1]
+        return a, system.total
 
 
 class _AdjointSystem:
-    """The augmented field in backward time: ``[y, a]``, or ``[y, a, a_θ]`` when carried.
+    """The augmented field ``[y, a]`` in backward time, and the parameter adjoint as a
+    quadrature over its accepted steps.
 
-    In quadrature mode it keeps the partial parameter VJP of each evaluation until
-    :func:`~cnflow.solvers.runge_kutta.integrate` reports whether the step that made it
-    was accepted (``on_step``), relying on its contract that a step's stages are its
-    ``f0`` and the next ``stages − 1`` evaluations.
+    It keeps the partial parameter VJP of each evaluation until
+    :func:`~cnflow.solvers.runge_kutta.integrate` reports whether the step that made it was
+    accepted (``on_step``), relying on its contract that a step's stages are its ``f0`` and
+    the next ``stages − 1`` evaluations.
     """
 
-    def __init__(self, vjp: FieldVJP, n: int, tab: ButcherTableau, carry: bool,
-                 like: torch.Tensor):
-        self.vjp, self.n, self.tab, self.carry = vjp, n, tab, carry
+    def __init__(self, vjp: FieldVJP, n: int, tab: ButcherTableau,
+                 params: tuple[torch.Tensor, ...], like: torch.Tensor):
+        self.vjp, self.n, self.tab = vjp, n, tab
         self.partials: list[Any] = []
-        self.total: list[torch.Tensor] | None = None
-        # The quadrature's nonzero weights, and the weight of one evaluation, on the state's
-        # device once per backward pass.
-        self.b = torch.tensor([b for b in tab.b if b != 0.0], dtype=like.dtype,
-                              device=like.device)
-        self.one = self.b.new_ones(1)
+        # The parameter adjoint so far (what the quadrature has summed).
+        self.total = [torch.zeros_like(p) for p in params]
+        self.increment: list[torch.Tensor] | None = None  # the current step's, once known
+        # Each weight row's nonzero entries on the state's device, made once per backward
+        # pass: combining a step then needs no host-to-device copy. A fixed-step method
+        # has no error weights.
+        rows = [row for row in (tab.b, tab.b_error, tab.b_error_low) if row is not None]
+        self.weights = {row: ([i for i, w in enumerate(row) if w != 0.0],
+                              torch.tensor([w for w in row if w != 0.0], dtype=like.dtype,
+                                           device=like.device)) for row in rows}
+        self.one = torch.ones(1, dtype=like.dtype, device=like.device)
+        self.empty = like.new_zeros(0)  # the flat parameter adjoint without parameters
 
     def __call__(self, s: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         return self._evaluate(partial(self.vjp, -s), z)  # the field at t = −s
@@ -146,43 +149,63 @@ class _AdjointSystem:
 
     def _evaluate(self, vjp: Callable[..., tuple], z: torch.Tensor) -> torch.Tensor:
         n = self.n
-        neg_f, a_y, partial_vjp = vjp(z[:n], z[n:2 * n])
-        if not self.carry:
-            self.partials.append(partial_vjp)
-            return torch.cat([neg_f, a_y])
-        grads = self.vjp.params([partial_vjp], self.one)
-        return torch.cat([neg_f, a_y, *(g.reshape(-1) for g in grads)])
-
-    def probe(self, s: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        """The ``(y, a)`` field alone, for the initial-step probe, which the seminorm makes
-        blind to the parameter adjoint anyway."""
-        n = self.n
-        neg_f, a_y, _ = self.vjp(-s, z[:n], z[n:2 * n], with_params=False)
+        neg_f, a_y, partial_vjp = vjp(z[:n], z[n:])
+        self.partials.append(partial_vjp)
         return torch.cat([neg_f, a_y])
 
+    def probe(self, s: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """The ``(y, a)`` field alone, recording nothing (the initial-step probe)."""
+        n = self.n
+        neg_f, a_y, _ = self.vjp(-s, z[:n], z[n:], with_params=False)
+        return torch.cat([neg_f, a_y])
+
+    def _combine(self, h: float, row: tuple[float, ...]) -> list[torch.Tensor]:
+        """``h Σ_i w_i g_i`` over the current step's stages, one tensor per parameter."""
+        if len(self.partials) != self.tab.stages:
+            raise RuntimeError(f"internal error: {len(self.partials)} evaluations logged for "
+                               f"a step of {self.tab.stages} stages")
+        used, weights = self.weights[row]
+        return self.vjp.params([self.partials[i] for i in used], weights * h)
+
+    def _step_increment(self, h: float) -> list[torch.Tensor]:
+        if self.increment is None:
+            self.increment = self._combine(h, self.tab.b)
+        return self.increment
+
+    # The measured quadrature (see cnflow.solvers.controllers.MeasuredQuadrature).
+
+    def combination(self, h: float, weights: tuple[float, ...]) -> torch.Tensor:
+        return self._flat(self._combine(h, weights))
+
+    def step_ends(self, h: float) -> tuple[torch.Tensor, torch.Tensor]:
+        start = self._flat(self.total)
+        return start, start + self._flat(self._step_increment(h))
+
+    def extend(self, y0: torch.Tensor, f0: torch.Tensor
+               ) -> tuple[torch.Tensor, torch.Tensor, Callable]:
+        n = self.n
+
+        def full(s: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+            neg_f, a_y, partial_vjp = self.vjp(-s, z[:n], z[n:2 * n])
+            return torch.cat([neg_f, a_y, self._flat(self.vjp.params([partial_vjp], self.one))])
+
+        g0 = self._flat(self.vjp.params(self.partials[:1], self.one))  # f0's own stage
+        return torch.cat([y0, self._flat(self.total)]), torch.cat([f0, g0]), full
+
+    def _flat(self, tensors: list[torch.Tensor]) -> torch.Tensor:
+        return torch.cat([t.reshape(-1) for t in tensors]) if tensors else self.empty
+
     def on_step(self, accepted: bool, h: float) -> None:
-        stages = self.tab.stages
         if not accepted:
+            self.increment = None
             del self.partials[1:]  # the retried step starts from the same f0
             return
-        if len(self.partials) != stages:
-            raise RuntimeError(f"internal error: {len(self.partials)} evaluations logged for "
-                               f"a step of {stages} stages")
-        used = [p for p, b in zip(self.partials, self.tab.b) if b != 0.0]
-        grads = self.vjp.params(used, self.b * h)
-        if self.total is None:
-            self.total = [g.clone() for g in grads]  # accumulated in place below
-        else:
-            for acc, g in zip(self.total, grads):
-                acc.add_(g)
+        for acc, g in zip(self.total, self._step_increment(h)):
+            acc.add_(g.view_as(acc))
+        self.increment = None
         # An FSAL method's last stage is the next step's f0; otherwise the next f0 is the
         # evaluation integrate makes after this call.
         self.partials = self.partials[-1:] if self.tab.fsal else []
-
-    def totals(self, params: tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
-        if self.total is None:
-            return [torch.zeros_like(p) for p in params]
-        return self.total
 
 
 class _AdjointSolve(torch.autograd.Function):

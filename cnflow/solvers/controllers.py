@@ -14,7 +14,9 @@ instead of restarting from an initial-step probe each time.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 
@@ -30,7 +32,8 @@ from cnflow.solvers.runge_kutta import (
 )
 from cnflow.solvers.tableaus import ButcherTableau
 
-__all__ = ["FixedGrid", "PIController", "StepControl", "make_controller"]
+__all__ = ["FixedGrid", "MeasuredQuadrature", "PIController", "StepControl",
+           "make_controller"]
 
 
 @dataclass(frozen=True)
@@ -113,6 +116,27 @@ class FixedGrid:
                 "method.")
 
 
+class MeasuredQuadrature(Protocol):
+    """Components solved beside the stepped state as a quadrature, whose error the norm
+    still measures: the adjoint's parameter adjoint under a full norm.
+
+    Their derivative depends on the stepped state alone, so they never need to be stepped:
+    their Runge–Kutta combinations over a step's stages are asked for only when the error
+    norm needs them, with all of the step's stages at once.
+    """
+
+    def combination(self, h: float, weights: Sequence[float]) -> torch.Tensor:
+        """``h Σ_i w_i g_i`` over the current step's stages ``g_i`` (flat)."""
+
+    def step_ends(self, h: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """The components at the current step's start and end (flat), for the error scale."""
+
+    def extend(self, y0: torch.Tensor, f0: torch.Tensor
+               ) -> tuple[torch.Tensor, torch.Tensor, Func]:
+        """The state, derivative and field with the components appended: the
+        initial-step probe sees them as if they were stepped."""
+
+
 def initial_step(func: Func, tab: ButcherTableau, t0: float, y0: torch.Tensor,
                  f0: torch.Tensor, rtol: float, atol: float, norm: Norm,
                  stats: StepStats) -> float:
@@ -143,14 +167,17 @@ class PIController:
         control: the validated options.
         norm: maps the scaled error vector to a scalar.
         probe: the field the initial-step probe evaluates; default the solved one. The
-            adjoint passes one without parameter cotangents, which the norm ignores.
+            adjoint passes one that records nothing for its parameter quadrature.
+        quadrature: components the norm measures beside the stepped state (appended to
+            its error vector, scaled by their own values); None: the state alone.
     """
 
     def __init__(self, tab: ButcherTableau, rtol: float, atol: float, control: StepControl,
-                 norm: Norm, probe: Func | None = None):
+                 norm: Norm, probe: Func | None = None,
+                 quadrature: MeasuredQuadrature | None = None):
         self.tab, self.rtol, self.atol, self.control, self.norm = tab, rtol, atol, control, norm
         self.max_num_steps = control.max_num_steps
-        self.probe = probe
+        self.probe, self.quadrature = probe, quadrature
         q = tab.controller_order
         self.q, self.alpha = q, 1.0 / q - 0.75 * control.pi_beta
         self.h: float | None = control.first_step  # the step to try next; None: probe
@@ -165,9 +192,12 @@ class PIController:
     def first_step(self, func: Func, t0: float, y0: torch.Tensor, f0: torch.Tensor,
                    stats: StepStats) -> float:
         if self.h is None:
+            func = self.probe or func
             with torch.no_grad():
-                self.h = initial_step(self.probe or func, self.tab, t0, y0, f0, self.rtol,
-                                      self.atol, self.norm, stats)
+                if self.quadrature is not None:
+                    y0, f0, func = self.quadrature.extend(y0, f0)
+                self.h = initial_step(func, self.tab, t0, y0, f0, self.rtol, self.atol,
+                                      self.norm, stats)
         return min(self.h, self.t_end - t0, self.control.max_step)
 
     def propose(self, t: float, h: float) -> tuple[float, float]:
@@ -192,13 +222,24 @@ class PIController:
         tab = self.tab
         with torch.no_grad():  # step-size control is not differentiated through
             scale = self.atol + self.rtol * torch.maximum(y.abs(), y1.abs())
-            r5 = self.norm(combine(tab.b_error, ks) * (h / scale))
+            r5 = self.norm(self._scaled_error(tab.b_error, h, scale, ks))
             if tab.b_error_low is not None:
                 # DOP853's combination of its 5th- and 3rd-order estimates (Hairer).
-                r3 = self.norm(combine(tab.b_error_low, ks) * (h / scale))
+                r3 = self.norm(self._scaled_error(tab.b_error_low, h, scale, ks))
                 denom = torch.sqrt(r5 * r5 + 0.01 * r3 * r3)
                 r5 = torch.where(denom > 0, r5 * r5 / denom, torch.zeros_like(denom))
         return float(r5)  # the step's one host-device synchronisation
+
+    def _scaled_error(self, weights: tuple[float, ...], h: float, scale: torch.Tensor,
+                      ks: list[torch.Tensor]) -> torch.Tensor:
+        """The error estimate of ``weights`` over the stages, divided by its scale; the
+        quadrature's components appended, scaled as they would be if stepped."""
+        error = combine(weights, ks) * (h / scale)
+        if self.quadrature is None:
+            return error
+        start, end = self.quadrature.step_ends(h)
+        q_scale = self.atol + self.rtol * torch.maximum(start.abs(), end.abs())
+        return torch.cat([error, self.quadrature.combination(h, weights) / q_scale])
 
     def adapt(self, t: float, h: float, y: torch.Tensor, y1: torch.Tensor,
               ks: list[torch.Tensor]) -> tuple[bool, float]:
@@ -238,8 +279,9 @@ class PIController:
 
 
 def make_controller(tab: ButcherTableau, rtol: float, atol: float, control: StepControl,
-                    norm: Norm, probe: Func | None = None) -> StepSizeController:
+                    norm: Norm, probe: Func | None = None,
+                    quadrature: MeasuredQuadrature | None = None) -> StepSizeController:
     """The controller for ``tab``: error control if it is adaptive, else a fixed grid."""
     if tab.adaptive:
-        return PIController(tab, rtol, atol, control, norm, probe)
+        return PIController(tab, rtol, atol, control, norm, probe, quadrature)
     return FixedGrid(tab.name, control.step_size, control.max_num_steps)
