@@ -53,7 +53,7 @@ REPRODUCTIONS: dict[str, Reproduction] = {
          "results/runs/flow_matching --out results/flow_matching"),),
         "about 20 minutes on 2 cores; tabular fits from the tabular cache"),
     "odenet": Reproduction("results/odenet.md", (
-        "cnflow odenet-results --overwrite",), "about 25 CPU-minutes"),
+        "cnflow odenet-results --overwrite",), "about 60 CPU-minutes"),
     "latent_ode": Reproduction("results/latent_ode.md", (
         ("cnflow latent --model both --n-obs 30 --n-obs 50 --n-obs 100 --n-spirals 1000 "
          "--n-train 800 --noise-std 0.1 --seed 0 --iterations 2500 --rnn-iterations 2500 "

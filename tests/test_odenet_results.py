@@ -28,7 +28,7 @@ QUICK = OdenetResultsConfig(data="digits", epochs=1, batch_size=512, memory_batc
 def test_the_defaults_are_the_committed_run():
     config = OdenetResultsConfig()
     assert (config.data, config.epochs, config.batch_size, config.lr, config.seed) == \
-        ("offline", 3, 32, 1e-3, 0)
+        ("offline", 20, 32, 1e-3, 0)
     assert (config.method, config.tol, config.threads) == ("dopri5", 1e-3, 1)
     assert command_line(config) == "cnflow odenet-results --overwrite"
     assert default_md(DEFAULT_OUT) == Path("results/odenet.md")
@@ -67,7 +67,8 @@ def test_a_quick_run_writes_its_config_results_figures_and_report(tmp_path):
     out = tmp_path / "odenet"
     results = run(QUICK, out, progress=False)
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        ["config.json", "results.json", "memory_vs_depth.png", *FIGURE3_FILES])
+        ["config.json", "results.json", "memory_vs_depth.png", "test_error_per_epoch.png",
+         *FIGURE3_FILES])
     saved = json.loads((out / "config.json").read_text())
     assert OdenetResultsConfig(**saved) == QUICK  # the record that reproduces the run
     assert json.loads((out / "results.json").read_text())["command"] == results["command"]
