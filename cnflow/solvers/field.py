@@ -16,8 +16,9 @@ them instead of ``torch.autograd.grad`` when they cover every tensor it differen
         # weights: a 1-D tensor (on the state's device, so that no copy synchronises)
 
 The split lets the adjoint compute the state part at every evaluation and the parameter
-part only where it is needed — under the seminorm, once per accepted step for all of its
-stages together (see :mod:`cnflow.solvers.adjoint`). :class:`CanonicalField` carries the
+part only where it is needed, for all of a step's stages together: under the seminorm once
+per accepted step, under a full norm twice per attempted step, for its error estimate and
+its update (see :mod:`cnflow.solvers.adjoint`). :class:`CanonicalField` carries the
 protocol through flattening and time reversal: it asks the user's ``vjp`` for the cotangent
 ``−a`` at ``−s``, which is the reversed field's VJP.
 
