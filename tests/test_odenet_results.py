@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from cnflow.experiments.odenet.report import PLATEAU_EPOCHS, plateau
 from cnflow.experiments.odenet.results import (
     DEFAULT_OUT,
     OdenetResultsConfig,
@@ -88,3 +89,14 @@ def test_a_batch_larger_than_the_data_is_refused_before_writing(tmp_path):
     with pytest.raises(ValueError, match="sweep_batch must be an integer in \\[1, 359\\]"):
         run(config, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_curve_has_plateaued_when_its_last_epochs_gain_at_most_one_standard_error():
+    assert PLATEAU_EPOCHS == 3
+    # 2,000 test images at 1 % error: one standard error is sqrt(0.01 * 0.99 / 2000) = 0.22
+    # points.
+    change, se, flat = plateau([0.05, 0.012, 0.011, 0.0105, 0.010], 2000)
+    assert change == pytest.approx(-0.2) and se == pytest.approx(0.2225, abs=1e-4) and flat
+    assert not plateau([0.05, 0.02, 0.015, 0.0125, 0.010], 2000)[2]  # down 1.0 point
+    assert plateau([0.05, 0.01, 0.011, 0.012, 0.013], 2000)[2]  # rising is no improvement
+    assert plateau([0.05, 0.02, 0.01], 2000) is None  # too short to judge

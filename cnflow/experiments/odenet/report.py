@@ -18,7 +18,7 @@ from cnflow.report import markdown_table, pyplot, save_figure
 from cnflow.runs import relative_path, write_text
 
 __all__ = ["GOAL_GAP_POINTS", "GOAL_PARAMETER_RATIO", "HALF_BACKWARD", "PAPER_TABLE1",
-           "PLATEAU_EPOCHS", "plot_learning_curves", "write_markdown"]
+           "PLATEAU_EPOCHS", "plateau", "plot_learning_curves", "write_markdown"]
 
 #: The Table 1 goal: ODE-Net's test error at most this many points above ResNet's...
 GOAL_GAP_POINTS = 0.3
@@ -57,15 +57,24 @@ def _error(p: float, n: int) -> str:
     return f"{100 * p:.2f} ± {100 * math.sqrt(p * (1 - p) / n):.2f}"
 
 
-def _plateau(row: dict[str, Any], n: int) -> tuple[str, bool]:
-    """How a model's test error moved over its last :data:`PLATEAU_EPOCHS` epochs."""
-    errors = [e["test_error"] for e in row["epochs"]]
-    best = int(np.argmin(errors))
+def plateau(errors: list[float], n: int) -> tuple[float, float, bool] | None:
+    """How a test-error curve moved over its last :data:`PLATEAU_EPOCHS` epochs: the change
+    and the last error's binomial standard error (both in points), and whether it fell by
+    at most that error. None when the curve is too short to judge."""
     if len(errors) <= PLATEAU_EPOCHS:
-        return (f"{row['model']}: {len(errors)} epochs, too few to judge a plateau", False)
+        return None
     change = 100 * (errors[-1] - errors[-1 - PLATEAU_EPOCHS])
     se = 100 * math.sqrt(errors[-1] * (1 - errors[-1]) / n)
-    flat = -change <= se
+    return change, se, -change <= se
+
+
+def _plateau_text(row: dict[str, Any], n: int) -> tuple[str, bool]:
+    errors = [e["test_error"] for e in row["epochs"]]
+    judged = plateau(errors, n)
+    if judged is None:
+        return f"{row['model']}: {len(errors)} epochs, too few to judge a plateau", False
+    change, se, flat = judged
+    best = int(np.argmin(errors))
     text = (f"{row['model']}: {change:+.2f} points over the last {PLATEAU_EPOCHS} epochs "
             f"(standard error {se:.2f}; {'plateau' if flat else 'still improving'}), best "
             f"{100 * errors[best]:.2f} at epoch {best + 1}")
@@ -91,7 +100,7 @@ def _table1(results: dict[str, Any], rel: Path) -> list[str]:
     ratio = ode["parameters"] / res["parameters"]
     met_error, met_params = gap <= GOAL_GAP_POINTS, ratio <= GOAL_PARAMETER_RATIO
     verdict = "**met**" if met_error and met_params else "**not met**"
-    plateaus = [_plateau(r, n) for r in results["table1"]]
+    plateaus = [_plateau_text(r, n) for r in results["table1"]]
     all_flat = all(flat for _, flat in plateaus)
     paper_gap = PAPER_TABLE1["odenet"][0] - PAPER_TABLE1["resnet"][0]
     return [
