@@ -275,7 +275,7 @@ def write_markdown(results: dict[str, Any], md_path: str | Path,
 
 def plot_learning_curves(table: list[dict[str, Any]], path: str | Path) -> Path:
     """Test error against epoch, one line per Table 1 model."""
-    from matplotlib.ticker import MaxNLocator, ScalarFormatter
+    from matplotlib.ticker import MaxNLocator, NullFormatter, ScalarFormatter
 
     plt = pyplot()
     path = Path(path)
@@ -288,7 +288,7 @@ def plot_learning_curves(table: list[dict[str, Any]], path: str | Path) -> Path:
            title="Test error per epoch")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.yaxis.set_major_formatter(ScalarFormatter())
-    ax.yaxis.set_minor_formatter(ScalarFormatter())
+    ax.yaxis.set_minor_formatter(NullFormatter())  # labelled minor ticks overlap
     ax.legend(fontsize=7)
     fig.tight_layout()
     save_figure(fig, path)
