@@ -222,23 +222,25 @@ class PIController:
         tab = self.tab
         with torch.no_grad():  # step-size control is not differentiated through
             scale = self.atol + self.rtol * torch.maximum(y.abs(), y1.abs())
-            r5 = self.norm(self._scaled_error(tab.b_error, h, scale, ks))
+            q_scale = None
+            if self.quadrature is not None:  # once per step, for every error estimate
+                start, end = self.quadrature.step_ends(h)
+                q_scale = self.atol + self.rtol * torch.maximum(start.abs(), end.abs())
+            r5 = self.norm(self._scaled_error(tab.b_error, h, scale, q_scale, ks))
             if tab.b_error_low is not None:
                 # DOP853's combination of its 5th- and 3rd-order estimates (Hairer).
-                r3 = self.norm(self._scaled_error(tab.b_error_low, h, scale, ks))
+                r3 = self.norm(self._scaled_error(tab.b_error_low, h, scale, q_scale, ks))
                 denom = torch.sqrt(r5 * r5 + 0.01 * r3 * r3)
                 r5 = torch.where(denom > 0, r5 * r5 / denom, torch.zeros_like(denom))
         return float(r5)  # the step's one host-device synchronisation
 
     def _scaled_error(self, weights: tuple[float, ...], h: float, scale: torch.Tensor,
-                      ks: list[torch.Tensor]) -> torch.Tensor:
+                      q_scale: torch.Tensor | None, ks: list[torch.Tensor]) -> torch.Tensor:
         """The error estimate of ``weights`` over the stages, divided by its scale; the
         quadrature's components appended, scaled as they would be if stepped."""
         error = combine(weights, ks) * (h / scale)
         if self.quadrature is None:
             return error
-        start, end = self.quadrature.step_ends(h)
-        q_scale = self.atol + self.rtol * torch.maximum(start.abs(), end.abs())
         return torch.cat([error, self.quadrature.combination(h, weights) / q_scale])
 
     def adapt(self, t: float, h: float, y: torch.Tensor, y1: torch.Tensor,
