@@ -17,17 +17,14 @@ import click
 import torch
 from cnflow.cli.options import POSITIVE, build_config, config_options
 
-from cnflow.experiments.latent_ode import MAX_SEED, MODEL_CHOICES, LatentConfig, models_of
+from cnflow.experiments.latent_ode import MODEL_CHOICES, LatentConfig, models_of
 from cnflow.experiments.latent_ode.config import BOTH, LIST_FIELDS
 
 _HINTS = typing.get_type_hints(LatentConfig)
 # Parsing refuses nan and inf by the option's name (they are no setting at all). Every float
 # setting of the config is positive, so the option's type says so in --help; the config adds
-# the finer ranges. The seed's range is the option's too, so that it is refused by name.
-OPTION_TYPES = {
-    **{f.name: POSITIVE for f in fields(LatentConfig) if _HINTS[f.name] is float},
-    "seed": click.IntRange(0, MAX_SEED),
-}
+# the finer ranges (the seeds' among them, refused by the option's name).
+OPTION_TYPES = {f.name: POSITIVE for f in fields(LatentConfig) if _HINTS[f.name] is float}
 
 
 def config_from(params: dict) -> LatentConfig:

@@ -56,18 +56,18 @@ REPRODUCTIONS: dict[str, Reproduction] = {
         "cnflow odenet-results --overwrite",), "about 60 CPU-minutes"),
     "latent_ode": Reproduction("results/latent_ode.md", (
         ("cnflow latent --model both --n-obs 30 --n-obs 50 --n-obs 100 --n-spirals 1000 "
-         "--n-train 800 --noise-std 0.1 --seed 0 --iterations 2500 --rnn-iterations 2500 "
-         "--batch-size 200 --lr 0.01 --final-lr-factor 0.1 --time-subsample 30 --rtol "
-         "0.001 --atol 0.0001 --gradient adjoint --no-poisson --train-future --eval-every "
-         "100 --device cpu --threads 1 --out results/latent_ode --md results/latent_ode.md "
-         "--overwrite"),), "about 45 CPU-minutes"),
-    "latent_ode_window_only": Reproduction("results/latent_ode_window_only.md", (
+         "--n-train 800 --noise-std 0.1 --seeds 0,1,2 --iterations 2500 --rnn-iterations 2500 "
+         "--batch-size 200 --lr 0.01 --final-lr-factor 0.1 --time-subsample 0 --rtol 0.001 "
+         "--atol 0.0001 --gradient checkpoint --no-poisson --no-train-future --eval-every 100 "
+         "--device cpu --threads 1 --out results/latent_ode --md results/latent_ode.md "
+         "--overwrite"),), "about 30 CPU-minutes"),
+    "latent_ode_train_future": Reproduction("results/latent_ode_train_future.md", (
         ("cnflow latent --model both --n-obs 30 --n-obs 50 --n-obs 100 --n-spirals 1000 "
-         "--n-train 800 --noise-std 0.1 --seed 0 --iterations 2500 --rnn-iterations 2500 "
-         "--batch-size 200 --lr 0.01 --final-lr-factor 0.1 --time-subsample 30 --rtol "
-         "0.001 --atol 0.0001 --gradient adjoint --no-poisson --no-train-future "
-         "--eval-every 100 --device cpu --threads 1 --out results/latent_ode_window_only "
-         "--md results/latent_ode_window_only.md --overwrite"),), "about 45 CPU-minutes"),
+         "--n-train 800 --noise-std 0.1 --seeds 0 --iterations 2500 --rnn-iterations 2500 "
+         "--batch-size 200 --lr 0.01 --final-lr-factor 0.1 --time-subsample 0 --rtol 0.001 "
+         "--atol 0.0001 --gradient checkpoint --no-poisson --train-future --eval-every 100 "
+         "--device cpu --threads 1 --out results/latent_ode_train_future "
+         "--md results/latent_ode_train_future.md --overwrite"),), "about 20 CPU-minutes"),
     "comparisons": Reproduction("results/comparisons.md", (
         ("cnflow compare density-matching --targets U1,U2,U3,U4 --nf-layers 2,8,32 "
          "--cnf-widths 2,8,32 --seeds 0,1 --nf-iterations 20000 --cnf-iterations 2000 "

@@ -29,8 +29,10 @@ TINY = ["latent", "--n-obs", "10", "--iterations", "2", "--rnn-iterations", "2",
         (["--n-obs", "0"], "n_obs entries must be an integer in [1, 100], got 0"),
         (["--model", "transformer"], "transformer"),
         (["--iterations", "0"], "iterations must be an integer >= 1, got 0"),
-        (["--no-train-future", "--time-subsample", "150"],
-         "time_subsample must be an integer in [0, 98], got 150"),
+        (["--time-subsample", "150"], "time_subsample must be an integer in [0, 98], got 150"),
+        (["--seeds", "0,-1"], "seeds entries must be an integer in [0, 4294967295], got -1"),
+        (["--seeds", "1,1"], "seeds has repeated entries: [1, 1]"),
+        (["--seeds", "a"], "'a' is not a list of int"),
         (["--eval-every", "-1"], "eval_every must be an integer >= 0, got -1"),
         (["--final-lr-factor", "2"], "final_lr_factor must be a finite number > 0 and <= 1"),
         (["--lr", "nan"], "'--lr'"),
@@ -55,18 +57,24 @@ def test_every_config_field_is_an_option_with_the_config_default():
 def test_cli_tiny_run_writes_everything_and_its_command_reproduces_it(tmp_path):
     out = tmp_path / "latent_ode"
     md = tmp_path / "latent_ode.md"
-    result = CliRunner().invoke(cli, [*TINY, "--seed", "3", "--out", str(out), "--md", str(md)])
+    result = CliRunner().invoke(cli, [*TINY, "--seeds", "3,4", "--out", str(out), "--md",
+                                      str(md)])
     assert result.exit_code == 0, result.output
     metrics = json.loads((out / "metrics.json").read_text())
-    assert set(metrics["runs"]) == {"latent-ode/n=10", "rnn/n=10"} and metrics["complete"]
-    assert metrics["runs"]["rnn/n=10"]["curve"]["step"] == [2]
-    assert metrics["runs"]["latent-ode/n=10"]["stop_reason"] == "steps"
-    for name in ("checkpoints/latent-ode_n10.pt", "checkpoints/rnn_n10.pt",
+    keys = {f"{model}/n=10/seed={seed}" for model in ("latent-ode", "rnn") for seed in (3, 4)}
+    assert set(metrics["runs"]) == keys and metrics["complete"]
+    assert metrics["runs"]["rnn/n=10/seed=3"]["curve"]["step"] == [2]
+    assert metrics["runs"]["latent-ode/n=10/seed=4"]["stop_reason"] == "steps"
+    assert len(metrics["runs"]["rnn/n=10/seed=4"]["per_spiral_rmse_extrapolation"]) == 200
+    # Each seed its own data and weights.
+    assert metrics["runs"]["rnn/n=10/seed=3"]["rmse_extrapolation"] \
+        != metrics["runs"]["rnn/n=10/seed=4"]["rmse_extrapolation"]
+    for name in ("checkpoints/latent-ode_n10_seed3.pt", "checkpoints/rnn_n10_seed4.pt",
                  "predictions_n10.png", "interpolation_n10.png", "learning_curves.png"):
         assert (out / name).stat().st_size > 0, name
     # config.json is the config; the recorded command, parsed again, gives the same one.
     config = LatentConfig(**json.loads((out / "config.json").read_text()))
-    assert config == LatentConfig(**metrics["config"]) and config.seed == 3
+    assert config == LatentConfig(**metrics["config"]) and config.seeds == (3, 4)
     command = shlex.split(metrics["command"])
     assert command[:2] == ["cnflow", "latent"] and command[-1] == "--overwrite"
     ctx = latent.make_context("latent", command[2:])
@@ -77,13 +85,15 @@ def test_cli_tiny_run_writes_everything_and_its_command_reproduces_it(tmp_path):
     # The figures are embedded in the report, with paths relative to it.
     assert "![learning curves](latent_ode/learning_curves.png)" in text
     assert "![predictions n=10](latent_ode/predictions_n10.png)" in text
-    checkpoint = torch.load(out / "checkpoints" / "latent-ode_n10.pt", weights_only=False)
+    assert "the mean over 2 seeds ± their standard deviation" in text
+    checkpoint = torch.load(out / "checkpoints" / "latent-ode_n10_seed3.pt", weights_only=False)
     LatentODE().load_state_dict(checkpoint["state_dict"])
     # Rerunning the recorded command replaces the run (it carries --overwrite).
     again = CliRunner().invoke(cli, [*command[1:-3], "--no-figures", "--overwrite"])
     assert again.exit_code == 0, again.output
-    assert json.loads((out / "metrics.json").read_text())["runs"]["rnn/n=10"]["rmse_extrapolation"] \
-        == metrics["runs"]["rnn/n=10"]["rmse_extrapolation"]
+    rerun = json.loads((out / "metrics.json").read_text())["runs"]
+    assert rerun["rnn/n=10/seed=4"]["rmse_extrapolation"] \
+        == metrics["runs"]["rnn/n=10/seed=4"]["rmse_extrapolation"]
 
 
 def test_a_solve_that_blows_up_leaves_no_results(tmp_path, monkeypatch):

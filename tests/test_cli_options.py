@@ -79,7 +79,7 @@ FLOAT_OPTIONS = {
 }
 SEEDS = {
     "classify": ("--seed", str(2**64)),
-    "latent": ("--seed", str(LATENT_MAX_SEED + 1)),
+    "latent": ("--seeds", f"0,{LATENT_MAX_SEED + 1}"),
     "density-matching": ("--seeds", f"0,{2**64}"),
     "mle": ("--seed", "429"),  # its batch seeds seed * 10**7 + step must stay below 2**32
 }

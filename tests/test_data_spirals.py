@@ -38,6 +38,14 @@ def test_spirals_reproducible_by_seed():
     assert torch.equal(a.noisy, d.noisy)
 
 
+def test_start_angles_follow_the_range_and_set_the_positions():
+    data = generate_spirals(n_spirals=200, window=10, seed=5, theta0_range=(4.0, 5.0),
+                            dtype=torch.float64)
+    assert 4.0 <= float(data.theta0.min()) < 4.1 and 4.9 < float(data.theta0.max()) <= 5.0
+    # The first point of each spiral is the spiral at its start angle: radius 0.3 theta0.
+    torch.testing.assert_close(data.clean[:, 0].norm(dim=-1), 0.3 * data.theta0)
+
+
 def test_subset_and_to_keep_the_grid_and_every_field():
     data = generate_spirals(n_spirals=6, window=5, seed=1)
     part = data.subset(torch.tensor([4, 1]))
@@ -78,7 +86,10 @@ def test_observed_points_pick_each_spirals_own_points():
 
 @pytest.mark.parametrize(
     "kwargs, match",
-    [({"n_spirals": 1}, "n_spirals"), ({"window": 0}, "window"), ({"noise_std": -0.1}, "noise")],
+    [({"n_spirals": 1}, "n_spirals"), ({"window": 0}, "window"), ({"noise_std": -0.1}, "noise"),
+     ({"theta0_range": (2.0, 1.0)}, r"theta0_range=\(2.0, 1.0\)"),
+     ({"theta0_range": (-1.0, 1.0)}, "theta0_range"),
+     ({"theta0_range": (0.0, float("inf"))}, "theta0_range")],
 )
 def test_spirals_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):

@@ -19,19 +19,22 @@ from cnflow.experiments.latent_ode import MAX_SEED, MODELS, LatentConfig, comman
     ({"n_obs": (30, 30)}, "n_obs has repeated entries"),
     ({"models": ("gru",)}, "models has unknown entries ['gru']"),
     ({"models": ()}, "models must not be empty"),
-    ({"n_spirals": 1}, "n_spirals must be an integer >= 2, got 1"),
-    ({"n_spirals": 10, "n_train": 10}, "n_train must be an integer in [1, 9], got 10"),
+    ({"n_spirals": 3}, "n_spirals must be an integer >= 4, got 3"),
+    ({"n_spirals": 10, "n_train": 9}, "n_train must be an integer in [2, 8], got 9"),
+    ({"n_train": 1}, "n_train must be an integer in [2, 998], got 1"),
     ({"noise_std": 0.0}, "noise_std must be a finite number > 0, got 0.0"),
-    ({"seed": -1}, "seed must be an integer in [0, 4294967295], got -1"),
-    ({"seed": MAX_SEED + 1}, f"got {MAX_SEED + 1}"),
+    ({"seeds": (0, -1)}, "seeds entries must be an integer in [0, 4294967295], got -1"),
+    ({"seeds": (MAX_SEED + 1,)}, f"got {MAX_SEED + 1}"),
+    ({"seeds": ()}, "seeds must not be empty"),
+    ({"seeds": (2, 2)}, "seeds has repeated entries"),
     ({"iterations": 0}, "iterations must be an integer >= 1, got 0"),
     ({"rnn_iterations": 0}, "rnn_iterations must be an integer >= 1, got 0"),
     ({"batch_size": 0}, "batch_size must be an integer >= 1, got 0"),
     ({"lr": float("nan")}, "lr must be a finite number > 0, got nan"),
     ({"final_lr_factor": 1.5}, "final_lr_factor must be a finite number > 0 and <= 1, got 1.5"),
-    ({"time_subsample": 199}, "time_subsample must be an integer in [0, 198], got 199"),
-    ({"train_future": False, "time_subsample": 150},
-     "time_subsample must be an integer in [0, 98], got 150"),
+    ({"time_subsample": 150}, "time_subsample must be an integer in [0, 98], got 150"),
+    ({"train_future": True, "time_subsample": 199},
+     "time_subsample must be an integer in [0, 198], got 199"),
     ({"rtol": 0.0}, "rtol must be a finite number > 0, got 0.0"),
     ({"atol": -1.0}, "atol must be a finite number > 0, got -1.0"),
     ({"gradient": "backprop"}, "gradient='backprop' is not one of"),
@@ -66,7 +69,7 @@ def test_iterations_of_each_model():
 
 
 def test_config_json_rebuilds_the_config():
-    config = LatentConfig(models=("rnn",), n_obs=(10, 20), seed=3, poisson=True)
+    config = LatentConfig(models=("rnn",), n_obs=(10, 20), seeds=(3, 1), poisson=True)
     assert LatentConfig(**json.loads(json.dumps(asdict(config)))) == config
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from cnflow.experiments.latent_ode.evaluate import rmse, rmse_stderr
+from cnflow.experiments.latent_ode.evaluate import per_spiral_rmse, rmse, rmse_stderr
 
 
 def test_rmse_and_its_standard_error_over_the_spirals():
@@ -19,3 +19,10 @@ def test_rmse_and_its_standard_error_over_the_spirals():
     # Per-spiral squared errors 1, 4, 9: se of their mean, through d sqrt(m) = dm / 2 sqrt(m).
     se_mean = np.std([1.0, 4.0, 9.0], ddof=1) / math.sqrt(3)
     assert rmse_stderr(prediction, target) == pytest.approx(se_mean / (2 * math.sqrt(14 / 3)))
+
+
+def test_per_spiral_rmse_is_each_spirals_own():
+    prediction = torch.zeros(2, 2, 2)
+    target = torch.tensor([[[3.0, 0.0], [0.0, 4.0]], [[1.0, 1.0], [1.0, 1.0]]])
+    torch.testing.assert_close(per_spiral_rmse(prediction, target),
+                               torch.tensor([math.sqrt(25 / 4), 1.0]))

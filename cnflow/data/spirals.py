@@ -9,6 +9,7 @@ which a model may see a random subset, the next ``window`` are the extrapolation
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -19,8 +20,9 @@ from cnflow.validation import check_int
 #: Radius law of the Archimedean spiral, ``r(theta) = SPIRAL_A + SPIRAL_B * theta``.
 SPIRAL_A = 0.0
 SPIRAL_B = 0.3
-#: Starting angles are drawn uniformly from ``[THETA0_LOW, THETA0_HIGH]`` (radians), i.e. the
-#: trajectories start between 0.5 and 1.5 turns out from the centre, at radius 0.94 to 2.83.
+#: Default range of the starting angles, drawn uniformly from ``[THETA0_LOW, THETA0_HIGH]``
+#: (radians): the trajectories start between 0.5 and 1.5 turns out from the centre, at radius
+#: 0.94 to 2.83.
 THETA0_LOW = np.pi
 THETA0_HIGH = 3.0 * np.pi
 #: Spacing of the shared time grid ``t_k = k * TIME_STEP`` (``k = 0 .. n_points - 1``).
@@ -101,6 +103,7 @@ def generate_spirals(
     *,
     noise_std: float = NOISE_STD,
     seed: int = 0,
+    theta0_range: tuple[float, float] = (THETA0_LOW, THETA0_HIGH),
     dtype: torch.dtype = torch.float32,
 ) -> SpiralData:
     """Generate the paper's data set of noisy clockwise and counter-clockwise spirals.
@@ -110,20 +113,21 @@ def generate_spirals(
     directions). The counter-clockwise spirals are ``r * (cos theta, sin theta)``, the clockwise
     spirals the mirror image ``r * (cos theta, -sin theta)``; both move outwards. Exactly
     ``n_spirals // 2`` spirals are clockwise, the rest counter-clockwise, in random order. Each
-    spiral starts at its own angle ``theta0 ~ Uniform[pi, 3 pi]`` (radius 0.94 to 2.83) and its
-    angle grows at ``ANGULAR_SPEED = 2 pi / 10`` radians per unit time, so the radius grows at
-    ``0.06 pi`` per unit time. The shared time grid is ``t_k = 0.05 k`` for
-    ``k = 0 .. 2 * window - 1``; with the default ``window = 100`` the observation window is
-    ``t in [0, 4.95]`` (half a turn) and the extrapolation targets ``t in [5, 9.95]`` (the next half
-    turn), and the largest radius reached is ``0.3 * (3 pi + 1.99 pi) = 4.70``. Independent
-    Gaussian noise with standard deviation ``noise_std`` (default 0.1) is added to both coordinates
-    of every point.
+    spiral starts at its own angle ``theta0 ~ Uniform(theta0_range)``, by default ``[pi, 3 pi]``
+    (radius 0.94 to 2.83), and its angle grows at ``ANGULAR_SPEED = 2 pi / 10`` radians per unit
+    time, so the radius grows at ``0.06 pi`` per unit time. The shared time grid is
+    ``t_k = 0.05 k`` for ``k = 0 .. 2 * window - 1``; with the default ``window = 100`` the
+    observation window is ``t in [0, 4.95]`` (half a turn) and the extrapolation targets
+    ``t in [5, 9.95]`` (the next half turn), and with the default range the largest radius
+    reached is ``0.3 * (3 pi + 1.99 pi) = 4.70``. Independent Gaussian noise with standard
+    deviation ``noise_std`` (default 0.1) is added to both coordinates of every point.
 
     Args:
         n_spirals: number of spirals (at least 2, so that both directions occur).
         window: points in the observation window; trajectories have ``2 * window`` points.
         noise_std: standard deviation of the observation noise (non-negative).
         seed: seed of the generator's own random stream; equal seeds give equal data.
+        theta0_range: ``(low, high)`` of the uniform starting angles (radians), ``low <= high``.
         dtype: floating dtype of the returned tensors.
 
     Returns:
@@ -138,13 +142,17 @@ def generate_spirals(
         raise ValueError(f"window={window} must be at least 1")
     if not noise_std >= 0.0:
         raise ValueError(f"noise_std={noise_std} must be non-negative")
+    low, high = theta0_range
+    if not 0.0 <= low <= high < math.inf:
+        raise ValueError(f"theta0_range={theta0_range} must be finite angles with "
+                         "0 <= low <= high")
     rng = np.random.default_rng(seed)
     n_points = 2 * window
     times = TIME_STEP * np.arange(n_points)
     clockwise = np.zeros(n_spirals, dtype=bool)
     clockwise[: n_spirals // 2] = True
     clockwise = rng.permutation(clockwise)
-    theta0 = rng.uniform(THETA0_LOW, THETA0_HIGH, size=n_spirals)
+    theta0 = rng.uniform(low, high, size=n_spirals)
     theta = theta0[:, None] + ANGULAR_SPEED * times[None, :]
     clean = spiral_positions(theta, clockwise[:, None])
     noisy = clean + noise_std * rng.standard_normal(clean.shape)

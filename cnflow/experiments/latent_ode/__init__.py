@@ -1,10 +1,11 @@
 """Section 5 of Chen et al. 2018: latent ODE versus RNN on irregularly sampled spirals.
 
 Both models condition on the same ``n`` irregular observations from the first 100 points of a
-spiral and are trained on the same information: the observed points and, by default, the 100
-following points of the training spirals (noisy); ``train_future=False`` trains on the window
-alone. The latent ODE maximises the ELBO; the RNN minimises the squared error of its one-step
-predictions of the observed points and of its free-running predictions of the 100 targets.
+spiral and are trained on the same information: by default the observed points of the
+training spirals alone, the paper's protocol; ``train_future=True`` adds the 100 following
+points of the training spirals (noisy), an easier task. The latent ODE maximises the ELBO;
+the RNN minimises the squared error of its one-step predictions of the observed points (and,
+with ``train_future``, of its free-running predictions of the 100 targets).
 Both train through :func:`cnflow.training.fit`; the predictive RMSE on the 100 points after
 the window is the analog of the paper's Table 2.
 

@@ -2,21 +2,37 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 
 from cnflow.data.spirals import (
+    THETA0_HIGH,
+    THETA0_LOW,
     SpiralData,
     generate_spirals,
     observed_points,
     sample_observation_indices,
 )
-from cnflow.experiments.latent_ode.config import WINDOW, LatentConfig
+from cnflow.experiments.latent_ode.config import MAX_SEED, WINDOW, LatentConfig
 
 # The observation subsets are seeded by seed * OBS_SEED_STRIDE + n_obs: one stream per count,
 # none shared with the data's own generator.
 OBS_SEED_STRIDE = 1009
+#: Start angles of the test spirals: their windows and targets together span [pi, 5 pi).
+TEST_THETA0 = (THETA0_LOW, THETA0_HIGH)
+#: Start angles of the training spirals. A spiral's targets lie half a turn past its window,
+#: so with the test set's range the training windows would never show the last half turn that
+#: the highest test spirals must extrapolate to (no model can decode radii it never saw).
+#: In a probe (window only, n = 100, seed 0, 30 ELBO times) the latent ODE's extrapolation
+#: RMSE was 1.89 with the training spirals in [pi, 3 pi] and 0.149 with this range, every
+#: band of start angles better. Starting the training spirals up to half a turn later makes
+#: their windows cover every angle a test target reaches, as torchdiffeq's example does by
+#: cutting its windows anywhere along one long spiral; each spiral's own future stays unseen.
+TRAIN_THETA0 = (THETA0_LOW, THETA0_HIGH + math.pi)
+#: The test spirals' generator seed is the run's seed plus this: above every training seed.
+TEST_SEED_OFFSET = MAX_SEED + 1
 
 
 @dataclass
@@ -52,16 +68,19 @@ class Split:
         return self.obs_idx.shape[1]
 
 
-def make_splits(config: LatentConfig, n_obs: int) -> tuple[Split, Split]:
-    """Generate the spirals, draw ``n_obs`` observations per spiral and split train / test.
+def make_splits(config: LatentConfig, n_obs: int, seed: int) -> tuple[Split, Split]:
+    """Generate the training and test spirals of ``seed`` and draw ``n_obs`` observations per
+    spiral.
 
-    The generator's order is already random, so the first ``n_train`` spirals are the training
-    set. The observation subsets depend on ``(seed, n_obs)`` only.
+    The ``config.n_train`` training spirals start at angles in :data:`TRAIN_THETA0`, the other
+    ``config.n_spirals - config.n_train`` test spirals in :data:`TEST_THETA0`, from two
+    generator streams. The observation subsets depend on ``(seed, n_obs)`` only.
     """
-    data = generate_spirals(config.n_spirals, WINDOW, noise_std=config.noise_std,
-                            seed=config.seed)
-    generator = torch.Generator().manual_seed(config.seed * OBS_SEED_STRIDE + n_obs)
+    n_test = config.n_spirals - config.n_train
+    train = generate_spirals(config.n_train, WINDOW, noise_std=config.noise_std, seed=seed,
+                             theta0_range=TRAIN_THETA0)
+    test = generate_spirals(n_test, WINDOW, noise_std=config.noise_std,
+                            seed=seed + TEST_SEED_OFFSET, theta0_range=TEST_THETA0)
+    generator = torch.Generator().manual_seed(seed * OBS_SEED_STRIDE + n_obs)
     obs_idx = sample_observation_indices(config.n_spirals, n_obs, WINDOW, generator=generator)
-    train = torch.arange(config.n_train)
-    test = torch.arange(config.n_train, config.n_spirals)
-    return Split(data.subset(train), obs_idx[train]), Split(data.subset(test), obs_idx[test])
+    return Split(train, obs_idx[:config.n_train]), Split(test, obs_idx[config.n_train:])

@@ -35,12 +35,18 @@ def check_writable(path: Path) -> None:
         raise PermissionError(errno.EACCES, f"{str(folder)!r} is not writable", str(path))
 
 
-def run_record(name: str, n_obs: int, result: TrainResult, metrics: dict[str, float]
-               ) -> dict[str, Any]:
+def run_key(name: str, n_obs: int, seed: int) -> str:
+    """The key of one trained model in ``metrics.json``'s ``"runs"``."""
+    return f"{name}/n={n_obs}/seed={seed}"
+
+
+def run_record(name: str, n_obs: int, seed: int, result: TrainResult,
+               metrics: dict[str, Any]) -> dict[str, Any]:
     """What ``metrics.json`` keeps of one trained model."""
     return {
         "model": name,
         "n_obs": n_obs,
+        "seed": seed,
         "iterations": len(result.losses),
         "stop_reason": result.stop_reason,
         "train_seconds": result.seconds,
@@ -57,14 +63,16 @@ def run_record(name: str, n_obs: int, result: TrainResult, metrics: dict[str, fl
 def run(config: LatentConfig, out_dir: str | Path, *, md_path: str | Path | None = None,
         figures: bool = True, overwrite: bool = False, progress: bool | None = None
         ) -> dict[str, Any]:
-    """Train and evaluate every model of ``config`` for every observation count; write results.
+    """Train and evaluate every model of ``config`` for every observation count and seed;
+    write results.
 
     Writes, atomically, into ``out_dir``: ``config.json`` (the settings, with the first
     results: a run that fails before any leaves no folder behind), ``metrics.json`` (after
     each model, so partial progress is kept; ``"complete"`` is true once every run is in it,
     and ``"command"`` is the ``cnflow latent`` command that regenerates everything),
-    ``checkpoints/<model>_n<n>.pt``, the figures ``predictions_n<n>.png``,
-    ``interpolation_n<n>.png`` and ``learning_curves.png`` and, when ``md_path`` is given, the
+    ``checkpoints/<model>_n<n>_seed<seed>.pt``, the figures ``predictions_n<n>.png`` and
+    ``interpolation_n<n>.png`` (of the first seed's models) and ``learning_curves.png`` and,
+    when ``md_path`` is given, the
     Markdown report there. ``out_dir`` is claimed with :func:`cnflow.runs.run_directory`:
     locked while the runs write, and refused if it holds another run unless ``overwrite``
     (which first removes that run's metrics, checkpoints and figures).
@@ -102,27 +110,31 @@ def run(config: LatentConfig, out_dir: str | Path, *, md_path: str | Path | None
     start = time.perf_counter()
     with run_directory(out_dir, overwrite=overwrite, clear=("*.png", "checkpoints/*.pt"),
                        resumable=False, keep_lock=False) as folder:
-        for n in config.n_obs:
-            train, test = (split.to(device) for split in make_splits(config, n))
-            trained = {}
-            for name in config.models:
-                result = train_model(name, train, config, test=test, progress=progress)
-                trained[name] = result.model
-                key = f"{name}/n={n}"
-                summary["runs"][key] = run_record(name, n, result, evaluate(result.model, test))
-                save_checkpoint({"model": name, "n_obs": n, "config": asdict(config),
-                                 "state_dict": result.model.state_dict(),
-                                 "metrics": summary["runs"][key]},
-                                folder / "checkpoints" / f"{name}_n{n}.pt")
-                if len(summary["runs"]) == 1:
-                    write_json(asdict(config), folder / "config.json")
-                summary["total_seconds"] = time.perf_counter() - start
-                write_json(summary, folder / "metrics.json")
-            if figures:
-                plot_predictions(trained, test, folder / f"predictions_n{n}.png")
-                if "latent-ode" in trained:
-                    plot_interpolation(trained["latent-ode"], test,
-                                       folder / f"interpolation_n{n}.png")
+        for seed in config.seeds:
+            for n in config.n_obs:
+                train, test = (split.to(device) for split in make_splits(config, n, seed))
+                trained = {}
+                for name in config.models:
+                    result = train_model(name, train, config, seed=seed, test=test,
+                                         progress=progress)
+                    trained[name] = result.model
+                    key = run_key(name, n, seed)
+                    summary["runs"][key] = run_record(name, n, seed, result,
+                                                      evaluate(result.model, test))
+                    save_checkpoint({"model": name, "n_obs": n, "seed": seed,
+                                     "config": asdict(config),
+                                     "state_dict": result.model.state_dict(),
+                                     "metrics": summary["runs"][key]},
+                                    folder / "checkpoints" / f"{name}_n{n}_seed{seed}.pt")
+                    if len(summary["runs"]) == 1:
+                        write_json(asdict(config), folder / "config.json")
+                    summary["total_seconds"] = time.perf_counter() - start
+                    write_json(summary, folder / "metrics.json")
+                if figures and seed == config.seeds[0]:
+                    plot_predictions(trained, test, folder / f"predictions_n{n}.png")
+                    if "latent-ode" in trained:
+                        plot_interpolation(trained["latent-ode"], test,
+                                           folder / f"interpolation_n{n}.png")
         if figures and config.eval_every:
             plot_learning_curves(summary["runs"], folder / "learning_curves.png")
         summary["complete"] = True

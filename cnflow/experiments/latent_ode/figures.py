@@ -90,7 +90,8 @@ def plot_interpolation(model: LatentODE, test: Split, path: Path, steps: int = 7
 
 
 def plot_learning_curves(runs: dict[str, Any], path: Path) -> None:
-    """Test extrapolation RMSE against training step, one panel per ``n``, paper values dotted.
+    """Test extrapolation RMSE against training step, one panel per ``n`` and one line per
+    model and seed, paper values dotted.
 
     Args:
         runs: the ``"runs"`` of a summary written by
@@ -107,11 +108,14 @@ def plot_learning_curves(runs: dict[str, Any], path: Path) -> None:
                              squeeze=False)
     for ax, n in zip(axes[0], ns, strict=True):
         for name in MODELS:
-            run = runs.get(f"{name}/n={n}")
-            if run is None or not run["curve"]["step"]:
+            curves = [run["curve"] for run in runs.values()
+                      if run["model"] == name and run["n_obs"] == n and run["curve"]["step"]]
+            if not curves:
                 continue
-            ax.plot(run["curve"]["step"], run["curve"]["rmse_extrapolation"],
-                    color=colors[name], label=name)
+            # One line per seed, labelled once.
+            for index, curve in enumerate(curves):
+                ax.plot(curve["step"], curve["rmse_extrapolation"], color=colors[name], lw=1,
+                        label=name if index == 0 else None)
             if n in PAPER_RMSE[name]:
                 ax.axhline(PAPER_RMSE[name][n], color=colors[name], ls=":", lw=1,
                            label=f"{name} (paper)")

@@ -126,17 +126,17 @@ class TrainResult:
     stop_reason: str | None = None
 
 
-def new_model(name: str, config: LatentConfig) -> nn.Module:
-    """A freshly initialised model ``name`` (one of ``MODELS``), seeded by ``config.seed``."""
+def new_model(name: str, config: LatentConfig, seed: int) -> nn.Module:
+    """A freshly initialised model ``name`` (one of ``MODELS``), seeded by ``seed``."""
     config.iterations_of(name)  # refuses an unknown name
-    torch.manual_seed(config.seed)
+    torch.manual_seed(seed)
     if name == "latent-ode":
         return LatentODE(obs_std=config.noise_std, poisson=config.poisson, rtol=config.rtol,
                          atol=config.atol)
     return RNNBaseline()
 
 
-def train_config(config: LatentConfig, name: str) -> TrainConfig:
+def train_config(config: LatentConfig, name: str, seed: int) -> TrainConfig:
     """The loop settings of model ``name``: Adam with a geometric decay from ``lr`` to
     ``lr * final_lr_factor`` over exactly its number of steps, no validation and no early
     stopping (the protocol has no validation set), the RNN's gradients clipped."""
@@ -150,7 +150,7 @@ def train_config(config: LatentConfig, name: str) -> TrainConfig:
     return TrainConfig(epochs=1, min_epoch_steps=steps, batch_size=config.batch_size,
                        lr=config.lr, lr_schedule="exponential", lr_final=config.final_lr_factor,
                        grad_clip=RNN_GRAD_CLIP if name == "rnn" else None, patience=None,
-                       max_steps=steps, seed=config.seed)
+                       max_steps=steps, seed=seed)
 
 
 def _mean(records: list[dict[str, Any]], key: str) -> float | None:
@@ -158,8 +158,9 @@ def _mean(records: list[dict[str, Any]], key: str) -> float | None:
     return float(np.mean(values)) if values else None
 
 
-def train_model(name: str, train: Split, config: LatentConfig, *, model: nn.Module | None = None,
-                test: Split | None = None, progress: bool | None = None) -> TrainResult:
+def train_model(name: str, train: Split, config: LatentConfig, *, seed: int,
+                model: nn.Module | None = None, test: Split | None = None,
+                progress: bool | None = None) -> TrainResult:
     """Train model ``name`` on the training spirals; with ``test``, record its learning curve.
 
     The curve holds the test extrapolation RMSE every ``config.eval_every`` steps and after the
@@ -169,14 +170,16 @@ def train_model(name: str, train: Split, config: LatentConfig, *, model: nn.Modu
         name: one of ``MODELS``.
         train: training spirals and their observation subsets (on the device to train on).
         config: experiment settings.
-        model: a model to continue training (a fresh one, seeded by ``config.seed``, when None).
+        seed: the seed of the initialisation and the loop's draws.
+        model: a model to continue training (a fresh one, seeded by ``seed``, when None).
         test: the test spirals for the learning curve (None: no curve).
         progress: show a progress bar; None shows it only on a terminal.
 
     Returns:
         The trained model (in eval mode) and its training record.
     """
-    model = (new_model(name, config) if model is None else model).to(train.data.times.device)
+    model = (new_model(name, config, seed) if model is None else model).to(
+        train.data.times.device)
     total = config.iterations_of(name)
     times = train.data.times
     objective = (ElboObjective(times, config.time_subsample, config.train_future,
@@ -193,8 +196,9 @@ def train_model(name: str, train: Split, config: LatentConfig, *, model: nn.Modu
             curve["step"].append(done)
             curve["rmse_extrapolation"].append(evaluate(model, test)["rmse_extrapolation"])
 
-    history = fit(model, train.table(), None, train_config(config, name), objective=objective,
-                  on_step=on_step, progress=progress, desc=f"{name} n={train.n_obs}")
+    history = fit(model, train.table(), None, train_config(config, name, seed),
+                  objective=objective, on_step=on_step, progress=progress,
+                  desc=f"{name} n={train.n_obs} seed={seed}")
     model.eval()
     return TrainResult(model=model, losses=[r["loss"] for r in steps],
                        seconds=history.wall_seconds, nfe_forward=_mean(steps, "nfe_forward"),
