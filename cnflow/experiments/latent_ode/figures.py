@@ -15,6 +15,7 @@ from torch import nn
 from cnflow.experiments.latent_ode.config import MODELS, PAPER_RMSE, WINDOW
 from cnflow.experiments.latent_ode.data import Split
 from cnflow.experiments.latent_ode.evaluate import predict
+from cnflow.experiments.latent_ode.report import by_model_and_n
 from cnflow.models.latent_ode import LatentODE
 from cnflow.report import pyplot, save_figure
 
@@ -103,13 +104,13 @@ def plot_learning_curves(runs: dict[str, Any], path: Path) -> None:
 
     plt = pyplot()
     ns = sorted({run["n_obs"] for run in runs.values()})
+    groups = by_model_and_n(runs)
     colors = dict(zip(MODELS, sns.color_palette("colorblind", len(MODELS)), strict=True))
     fig, axes = plt.subplots(1, len(ns), figsize=(3.6 * len(ns), 3.0), sharey=True,
                              squeeze=False)
     for ax, n in zip(axes[0], ns, strict=True):
         for name in MODELS:
-            curves = [run["curve"] for run in runs.values()
-                      if run["model"] == name and run["n_obs"] == n and run["curve"]["step"]]
+            curves = [run["curve"] for run in groups.get((name, n), []) if run["curve"]["step"]]
             if not curves:
                 continue
             # One line per seed, labelled once.

@@ -148,8 +148,8 @@ def setup_lines(config: dict[str, Any]) -> list[str]:
          f"{config['lr'] * config['final_lr_factor']:.2g}; latent ODE {config['iterations']} "
          f"steps, RNN {config['rnn_iterations']} steps; seeds "
          f"{', '.join(map(str, config['seeds']))} (each draws its own data, observations, "
-         "initialisation and batches); no validation set, the last weights are scored. Both see the same observations and are trained "
-         "on the same targets: " + targets),
+         "initialisation and batches); no validation set, the last weights are scored. "
+         "Both see the same observations and are trained on the same targets: " + targets),
     ]
 
 
@@ -197,8 +197,8 @@ def markdown_report(summary: dict[str, Any], out_dir: str | Path,
         "",
         ("Each test spiral's own extrapolation RMSE" + (", pooled over the seeds" if several
                                                          else "")
-         + ": median [25th–75th percentile] and 90th percentile. A mean far above the median is a few "
-         "spirals that leave the spiral, not a uniformly poor fit."), "",
+         + ": median [25th–75th percentile] and 90th percentile. A mean far above the median "
+         "is a few spirals that leave the spiral, not a uniformly poor fit."), "",
         table(lambda g, name, n: spread_cell(g)), "",
         ("Against the noisy targets (this includes the observation noise, "
          f"std {config['noise_std']}):"), "",
@@ -235,7 +235,7 @@ def markdown_report(summary: dict[str, Any], out_dir: str | Path,
          f"{env.get('platform')})."),
         "", "## Setup", "", *setup_lines(config), "", "## Figures", "",
     ]
-    if len(seeds) > 1:
+    if several:
         lines += [f"Of the models of seed {seeds[0]}.", ""]
     for n in ns:
         for kind, caption in (
