@@ -63,8 +63,8 @@ class Decay(torch.nn.Module):
         return -self.k * y * (1 + 0.5 * torch.sin(t)) + self.w * torch.tanh(y)
 
 
-def small_gated(seed: int = 0, width: int = 8) -> GatedHyperDynamics:
-    dynamics = GatedHyperDynamics(2, width=width, hidden=6).double()
+def small_gated(seed: int = 0, width: int = 8, context_dim: int = 0) -> GatedHyperDynamics:
+    dynamics = GatedHyperDynamics(2, width=width, hidden=6, context_dim=context_dim).double()
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():  # away from the identity initialisation: every term matters
         for p in dynamics.parameters():

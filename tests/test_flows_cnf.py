@@ -7,6 +7,7 @@ keeps is in test_flow_contract.py."""
 from __future__ import annotations
 
 import math
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -17,6 +18,7 @@ from solver_checks import small_gated
 import toydata
 from cnflow.flows.cnf import CNF, ConcatSquashMLP, GatedHyperDynamics, JointField
 from cnflow.objectives import FlowMatching
+from cnflow.solvers.field import _AutogradVJP
 from cnflow.training import EndlessSamples, TrainConfig, evaluate, fit
 
 F64 = torch.float64
@@ -256,15 +258,23 @@ def test_row_blocks_give_the_same_solve(kind):
 
 # --- the joint field's own VJP -----------------------------------------------------
 
-def test_gated_joint_vjp_equals_autograd():
-    dynamics = small_gated()
-    field = JointField(dynamics, 2, "closed_form")
+@pytest.mark.parametrize("context_dim", [0, 2])
+def test_gated_joint_vjp_equals_autograd(context_dim):
+    """The closed forms against autograd through the field, with units shared by all points
+    and with per-point ones (a context): the field, the state cotangent and the weighted
+    parameter cotangents of two evaluations, to float64 rounding."""
+    dynamics = small_gated(context_dim=context_dim)
+    context = torch.randn(9, context_dim, dtype=F64) if context_dim else None
+    field = JointField(dynamics, 2, "closed_form", context=context)
     params = tuple(dynamics.parameters())
     assert field.vjp_params == params
     y, a = torch.randn(9, 3, dtype=F64), torch.randn(9, 3, dtype=F64)
     ts = torch.tensor([0.3, -0.8], dtype=F64)
+    stages = field.at_times(ts)
+    # Stage-time batching needs units shared by all points.
+    assert (stages is None) == bool(context_dim)
     partials, expected = [], []
-    for t, stage in zip(ts, field.at_times(ts)):
+    for k, t in enumerate(ts):
         f, a_y, partial = field.vjp(t, y, a)
         with torch.enable_grad():
             leaf = y.clone().requires_grad_(True)
@@ -272,9 +282,10 @@ def test_gated_joint_vjp_equals_autograd():
             grads = torch.autograd.grad(reference, (leaf, *params), a)
         torch.testing.assert_close(f, reference.detach(), rtol=0, atol=1e-14)
         torch.testing.assert_close(a_y, grads[0], rtol=0, atol=1e-13)
-        # The stage-time path: the same field and VJP from one batched hypernetwork call.
-        torch.testing.assert_close(stage(y), f, rtol=0, atol=1e-14)
-        torch.testing.assert_close(stage.vjp(y, a)[1], a_y, rtol=0, atol=1e-14)
+        if stages is not None:
+            # The same field and VJP from one batched hypernetwork call.
+            torch.testing.assert_close(stages[k](y), f, rtol=0, atol=1e-14)
+            torch.testing.assert_close(stages[k].vjp(y, a)[1], a_y, rtol=0, atol=1e-14)
         partials.append(partial)
         expected.append(grads[1:])
     weights = torch.tensor([0.25, -1.5], dtype=F64)
@@ -282,6 +293,32 @@ def test_gated_joint_vjp_equals_autograd():
     for i, g in enumerate(combined):
         torch.testing.assert_close(g, weights[0] * expected[0][i] + weights[1] * expected[1][i],
                                    rtol=0, atol=1e-13)
+
+
+def test_conditional_adjoint_takes_the_closed_form_and_matches_direct():
+    """A conditional gated CNF's training gradient: the adjoint through the closed-form VJP
+    (autograd's VJP is never called) equals backpropagation through the steps; a context
+    that itself requires a gradient falls back to autograd and gets its gradient."""
+    flow = CNF(GatedHyperDynamics(2, 8, 8, context_dim=2), 2, context_dim=2, rtol=1e-10,
+               atol=1e-10).double()
+    _randomize(flow.dynamics, 0.4)
+    generator = torch.Generator().manual_seed(1)
+    x, c = (torch.randn(6, 2, dtype=F64, generator=generator) for _ in range(2))
+    params = tuple(flow.parameters())
+    grads = {}
+    for mode in ("adjoint", "direct"):
+        flow.gradient = mode
+        with mock.patch.object(_AutogradVJP, "__call__",
+                               side_effect=AssertionError("autograd VJP")):
+            grads[mode] = torch.autograd.grad(-flow.log_prob(x, c).sum(), params)
+    for adjoint, direct in zip(grads["adjoint"], grads["direct"], strict=True):
+        # Both are the exact gradient up to the solver tolerance 1e-10.
+        torch.testing.assert_close(adjoint, direct, rtol=1e-6, atol=1e-8)
+    learnt = c.clone().requires_grad_(True)
+    for mode in ("adjoint", "direct"):
+        flow.gradient = mode
+        grads[mode] = torch.autograd.grad(-flow.log_prob(x, learnt).sum(), learnt)[0]
+    torch.testing.assert_close(grads["adjoint"], grads["direct"], rtol=1e-6, atol=1e-8)
 
 
 # --- conditional CNFs p(x | c) ---------------------------------------------------------

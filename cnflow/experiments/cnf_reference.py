@@ -88,13 +88,10 @@ class ReferenceGated(GatedHyperDynamics):
         sig = torch.sigmoid(raw[:, 2 * md:3 * md]).view(-1, M, D)
         return h1, h2, w, u * sig / M, raw[:, 3 * md:], sig, u
 
-    def _raw_cotangent(self, units, d_w_t, d_gated_t, d_b):
-        sig, u = (torch.stack([x.rest[j][x.i] for x in units]) for j in (3, 4))
-        d_gated = d_gated_t.transpose(1, 2)
-        k = len(units)
-        return torch.cat([d_w_t.transpose(1, 2).reshape(k, -1),
-                          (d_gated * sig / M).reshape(k, -1),
-                          (d_gated * u / M * sig * (1 - sig)).reshape(k, -1), d_b], 1)
+    def _raw_cotangent(self, sig, u, d_w, d_gated, d_b):
+        r = len(d_b)
+        return torch.cat([d_w.reshape(r, -1), (d_gated * sig / M).reshape(r, -1),
+                          (d_gated * u / M * sig * (1 - sig)).reshape(r, -1), d_b], 1)
 
 
 def reference_joint_field(hyper: ReferenceHyperNetwork) -> tuple[JointField, ReferenceGated]:

@@ -43,16 +43,20 @@ class JointField:
         self.kinetic, self.jacobian, self.block = kinetic, jacobian, block
         self.inputs_need_grad = any(p.requires_grad for p in dynamics.parameters()) or (
             context is not None and context.requires_grad)
-        # The closed-form VJP and the stage-time batching need a closed-form trace, no
-        # regularisers, and units shared by all points (no context).
-        self.shared = (trace == "closed_form" and not (kinetic or jacobian)
-                       and context is None and hasattr(dynamics, "joint_vjp"))
+        # The closed-form VJP needs a closed-form trace and no regularisers; the stage-time
+        # batching and the forward evaluations through units also need the units shared by
+        # all points (no context). With a context, the units are per point, (N, P) numbers
+        # per evaluation: computed for the VJP stage by stage, and never for a forward
+        # solve, whose rows may be many (log_prob evaluates them in blocks).
+        self.closed_form_vjp = (trace == "closed_form" and not (kinetic or jacobian)
+                                and hasattr(dynamics, "joint_vjp"))
+        self.shared = self.closed_form_vjp and context is None
 
     @property
     def vjp_params(self) -> tuple[torch.Tensor, ...] | None:
         """The dynamics' parameters where the closed-form VJP applies (the solver core's
         VJP protocol, :mod:`cnflow.solvers.field`), else None: autograd."""
-        return tuple(self.dynamics.parameters()) if self.shared else None
+        return tuple(self.dynamics.parameters()) if self.closed_form_vjp else None
 
     def vjp(self, t: torch.Tensor, y: torch.Tensor, a: torch.Tensor
             ) -> tuple[torch.Tensor, torch.Tensor, object]:
@@ -61,7 +65,8 @@ class JointField:
 
     def _units(self, ts: torch.Tensor) -> list:
         """The dynamics' units at each time in ``ts``."""
-        return self.dynamics.units(ts[:, None].to(self.dynamics.hyper[0].weight.dtype))
+        return self.dynamics.units(ts[:, None].to(self.dynamics.hyper[0].weight.dtype),
+                                   self.context)
 
     def _vjp(self, unit, y: torch.Tensor, a: torch.Tensor
              ) -> tuple[torch.Tensor, torch.Tensor, object]:

@@ -81,13 +81,24 @@ class GatedHyperDynamics(nn.Module):
         return (h1, h2, raw[:, : m * d].view(-1, m, d), sig[:, :, None] * u,
                 raw[:, 2 * m * d: 2 * m * d + m], sig, u)
 
-    def units(self, x: torch.Tensor) -> list[_Unit]:
-        """The units at each row of ``x``, shared by all points (the joint field's path)."""
-        h1, h2, w, gated, b, sig, u = self._hyper(x)
+    def units(self, x: torch.Tensor, context: torch.Tensor | None = None) -> list[_Unit]:
+        """The units at each time row of ``x`` (``(K, 1)``), for the joint field's closed
+        forms: shared by all points without a context; with a context ``(N, k)``, one set
+        per point (its hypernetwork rows are ``[t, c_n]``), from one call for all K times."""
+        if context is None:
+            h1, h2, w, gated, b, sig, u = self._hyper(x)
+            s = (gated * w).sum(2)
+            rest = (x, h1, h2, sig, u)  # for param_vjp only: indexed there, not here
+            return [_Unit(*row, rest, i) for i, row in enumerate(zip(
+                w.transpose(1, 2), gated.transpose(1, 2), b, s, s.sum(1)))]
+        n = len(context)
+        rows = torch.cat([x.repeat_interleave(n, 0), context.to(x.dtype).repeat(len(x), 1)], 1)
+        h1, h2, w, gated, b, sig, u = self._hyper(rows)
         s = (gated * w).sum(2)
-        rest = (x, h1, h2, sig, u)  # for param_vjp only: indexed there, not here
-        return [_Unit(*row, rest, i) for i, row in enumerate(zip(
-            w.transpose(1, 2), gated.transpose(1, 2), b, s, s.sum(1)))]
+        rest = (rows, h1, h2, sig, u)
+        # Row block k of the hypernetwork's outputs is time k; each unit keeps its block.
+        return [_Unit(w[k], gated[k], b[k], s[k], s[k].sum(1), rest, k)
+                for k in (slice(i * n, (i + 1) * n) for i in range(len(x)))]
 
     def unit_parameters(self, t: torch.Tensor, context: torch.Tensor | None = None,
                         rows: int = 1) -> tuple[torch.Tensor, ...]:
@@ -121,13 +132,18 @@ class GatedHyperDynamics(nn.Module):
         return (torch.einsum("nm,nmd->nd", h, u),
                 ((1 - h * h) * (u * w).sum(2)).sum(1))
 
-    # The joint field's closed forms, with units shared by all points. Products with a few
+    # The joint field's closed forms. With units shared by all points, products with a few
     # output columns are written transposed, (Uᵀ hᵀ)ᵀ for h U: MKL's kernel for that shape
     # measured about twice as fast at (512, 64) @ (64, 2); the results are transposed views,
-    # which the joint field copies into its state anyway.
+    # which the joint field copies into its state anyway. Per-point units (a context) are
+    # (N, M, D) and contract point by point.
 
     def joint(self, unit: _Unit, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``f`` and ``d log p/dt = −tr(∂f/∂z) = Σ_m (h_m² − 1) s_m`` at ``unit``."""
+        if unit.per_point:
+            h = _tanh(torch.einsum("nmd,nd->nm", unit.w_t, z) + unit.b)
+            return (torch.einsum("nm,nmd->nd", h, unit.gated_t),
+                    (h * h * unit.s).sum(1) - unit.s_sum)
         h = _tanh_affine(unit.b, z, unit.w_t)
         return (unit.gated_t @ h.t()).t(), (h * h) @ unit.s - unit.s_sum
 
@@ -140,6 +156,15 @@ class GatedHyperDynamics(nn.Module):
         the cotangent of ``h`` is ``a_z Uᵀ + 2 a_logp h s``; ``z`` gets it through
         ``(1 − h²)`` and ``W``.
         """
+        if unit.per_point:
+            h = _tanh(torch.einsum("nmd,nd->nm", unit.w_t, z) + unit.b)
+            hh = h * h
+            slope = 1 - hh
+            g = (torch.einsum("nd,nmd->nm", a_z, unit.gated_t)
+                 .addcmul_(h * unit.s, a_logp[:, None], value=2).mul_(slope))
+            return (torch.einsum("nm,nmd->nd", h, unit.gated_t),
+                    (hh * unit.s).sum(1) - unit.s_sum,
+                    torch.einsum("nm,nmd->nd", g, unit.w_t), (unit, z, h, slope, g, a_z, a_logp))
         h = _tanh_affine(unit.b, z, unit.w_t)
         hh = h * h
         slope = 1 - hh
@@ -151,42 +176,65 @@ class GatedHyperDynamics(nn.Module):
                   ) -> tuple[torch.Tensor, ...]:
         """``Σ_k w_k ∂(a_z·f + a_logp·d log p/dt)/∂θ`` over :meth:`joint_vjp` partials, for
         ``θ = self.parameters()``: the units' cotangents of every evaluation, then one pass
-        back through the hypernetwork for all of them (its rows are their times)."""
+        back through the hypernetwork for all of them (its rows are their times, or with a
+        context their (time, point) pairs).
+
+        ``s = Σ_d gated ⊙ W`` enters d log p/dt with cotangent ``−a_logp (1 − h²) = −ds``,
+        which both ``W`` and gated ``U`` receive through the product.
+        """
+        units = [p[0] for p in partials]
+        if units[0].per_point:
+            d_raw = []
+            for (unit, z, h, slope, g, a_z, a_logp), weight in zip(partials, weights):
+                ds = (a_logp[:, None] * slope)[:, :, None]
+                d_gated = (h[:, :, None] * a_z[:, None, :]).addcmul_(ds, unit.w_t, value=-1)
+                d_w = (g[:, :, None] * z[:, None, :]).addcmul_(ds, unit.gated_t, value=-1)
+                sig, u = (unit.rest[j][unit.i] for j in (3, 4))
+                d_raw.append(self._raw_cotangent(sig, u, d_w, d_gated, g).mul_(weight))
+            rows = [torch.cat([u.rest[j][u.i] for u in units]) for j in range(3)]
+            return self._hyper_vjp(torch.cat(d_raw), *rows)
         ds, d_gated_t, d_w_t, d_b = (torch.stack(v) for v in zip(*(
             (a_logp @ slope, a_z.t() @ h, z.t() @ g, g.sum(0))
             for _, z, h, slope, g, a_z, a_logp in partials)))
-        units = [p[0] for p in partials]
         w_t, gated_t = (torch.stack([getattr(u, name) for u in units])
                         for name in ("w_t", "gated_t"))
-        x, h1, h2 = (torch.stack([u.rest[j][u.i] for u in units]) for j in range(3))
-        # s = Σ_d gated ⊙ W enters d log p/dt with cotangent −(a_logp · (1 − h²)) = −ds.
         d_gated_t.addcmul_(w_t, ds[:, None, :], value=-1)
         d_w_t.addcmul_(gated_t, ds[:, None, :], value=-1)
-        d_raw = self._raw_cotangent(units, d_w_t, d_gated_t, d_b).mul_(weights[:, None])
+        sig, u = (torch.stack([x.rest[j][x.i] for x in units]) for j in (3, 4))
+        d_raw = self._raw_cotangent(sig, u, d_w_t.transpose(1, 2), d_gated_t.transpose(1, 2),
+                                    d_b).mul_(weights[:, None])
+        return self._hyper_vjp(d_raw, *(torch.stack([u.rest[j][u.i] for u in units])
+                                        for j in range(3)))
+
+    def _hyper_vjp(self, d_raw: torch.Tensor, x: torch.Tensor, h1: torch.Tensor,
+                   h2: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The parameter cotangents of the hypernetwork from those ``d_raw`` ``(R, P)`` of
+        its outputs at the rows ``x`` (hidden activations ``h1``, ``h2``)."""
         second, out = self.hyper[2], self.hyper[4]
         d_q2 = (d_raw @ out.weight) * (1 - h2 * h2)
         d_q1 = (d_q2 @ second.weight) * (1 - h1 * h1)
         return (d_q1.t() @ x, d_q1.sum(0), d_q2.t() @ h1, d_q2.sum(0), d_raw.t() @ h2,
                 d_raw.sum(0))
 
-    def _raw_cotangent(self, units: list[_Unit], d_w_t: torch.Tensor, d_gated_t: torch.Tensor,
-                       d_b: torch.Tensor) -> torch.Tensor:
-        """The cotangents ``(K, P)`` of the hypernetwork's outputs at the units' times, from
-        those of ``Wᵀ``, gated ``Uᵀ`` (``(K, D, M)``) and ``b``: the chain rule of
-        :meth:`_hyper`'s parameterisation."""
-        sig, u = (torch.stack([x.rest[j][x.i] for x in units]) for j in (3, 4))
-        d_gated = d_gated_t.transpose(1, 2)
+    def _raw_cotangent(self, sig: torch.Tensor, u: torch.Tensor, d_w: torch.Tensor,
+                       d_gated: torch.Tensor, d_b: torch.Tensor) -> torch.Tensor:
+        """The cotangents ``(R, P)`` of the hypernetwork's outputs at R rows, from those of
+        ``W`` and gated ``U`` (``(R, M, D)``) and ``b`` (``(R, M)``), given the rows' gates
+        ``sig`` and ungated ``u`` (as :meth:`_hyper` returns them): the chain rule of its
+        parameterisation."""
         d_gate = sig * (1 - sig) * (u * d_gated).sum(2)
-        k = len(units)
-        return torch.cat([d_w_t.transpose(1, 2).reshape(k, -1),
-                          (sig[:, :, None] * d_gated).reshape(k, -1), d_b, d_gate], 1)
+        r = len(d_b)
+        return torch.cat([d_w.reshape(r, -1), (sig[:, :, None] * d_gated).reshape(r, -1),
+                          d_b, d_gate], 1)
 
 
 class _Unit(NamedTuple):
-    """:class:`GatedHyperDynamics`' units at one time, shared by all points: ``Wᵀ`` and
-    gated ``Uᵀ`` (``(D, M)``), ``b``, ``s = Σ_d gated ⊙ W`` and its sum; and, for the
-    parameter cotangents, row ``i`` of ``rest``: the hypernetwork's inputs, hidden
-    activations, gates ``σ`` and ungated ``U`` at all the times it was evaluated at."""
+    """:class:`GatedHyperDynamics`' units at one time: ``Wᵀ`` and gated ``Uᵀ`` (``(D, M)``),
+    ``b``, ``s = Σ_d gated ⊙ W`` and its sum, shared by all points; or, with a context, one
+    set per point: ``W`` and gated ``U`` ``(N, M, D)``, ``b`` and ``s`` ``(N, M)``, the sums
+    ``(N,)``. And, for the parameter cotangents, row(s) ``i`` of ``rest``: the
+    hypernetwork's inputs, hidden activations, gates ``σ`` and ungated ``U`` at all the rows
+    it was evaluated at."""
 
     w_t: torch.Tensor
     gated_t: torch.Tensor
@@ -194,7 +242,12 @@ class _Unit(NamedTuple):
     s: torch.Tensor
     s_sum: torch.Tensor
     rest: tuple[torch.Tensor, ...]
-    i: int
+    i: int | slice
+
+    @property
+    def per_point(self) -> bool:
+        """Whether every point has its own units (a conditional field)."""
+        return self.w_t.dim() == 3
 
 
 def _tanh(x: torch.Tensor) -> torch.Tensor:
