@@ -25,6 +25,9 @@ __all__ = ["CNF", "NOISE_KINDS", "TRACE_MODES", "ConcatSquashMLP", "GatedHyperDy
 
 TRACE_MODES = ("auto", "closed_form", "exact", "hutchinson")
 NOISE_KINDS = ("rademacher", "gaussian")
+#: Rows of equal context are evaluated as one group while there are at least this many rows
+#: per distinct context (see JointField).
+MIN_GROUP_ROWS = 16
 
 
 class JointField:
@@ -43,14 +46,26 @@ class JointField:
         self.kinetic, self.jacobian, self.block = kinetic, jacobian, block
         self.inputs_need_grad = any(p.requires_grad for p in dynamics.parameters()) or (
             context is not None and context.requires_grad)
-        # The closed-form VJP needs a closed-form trace and no regularisers; the stage-time
-        # batching and the forward evaluations through units also need the units shared by
-        # all points (no context). With a context, the units are per point, (N, P) numbers
-        # per evaluation: computed for the VJP stage by stage, and never for a forward
-        # solve, whose rows may be many (log_prob evaluates them in blocks).
+        # The closed-form VJP needs a closed-form trace and no regularisers.
         self.closed_form_vjp = (trace == "closed_form" and not (kinetic or jacobian)
                                 and hasattr(dynamics, "joint_vjp"))
-        self.shared = self.closed_form_vjp and context is None
+        # Rows of equal context share their units. With few distinct contexts (a label, or
+        # one context broadcast over a sample) each group of rows takes the shared path:
+        # one hypernetwork row per group instead of one per point. A context that needs a
+        # gradient is never grouped (torch.unique has none). Grouping reads the group sizes
+        # back once per solve (one host sync on CUDA), not per step.
+        self.groups = None
+        if self.closed_form_vjp and context is not None and not context.requires_grad:
+            values, inverse = torch.unique(context, dim=0, return_inverse=True)
+            if 0 < len(values) * MIN_GROUP_ROWS <= len(context):
+                order = torch.argsort(inverse, stable=True)
+                counts = torch.bincount(inverse, minlength=len(values)).tolist()
+                self.groups = (values, order, counts, torch.argsort(order))
+        # Units shared by all rows of a group: the forward evaluations and the stage-time
+        # batching go through them too. Otherwise (many distinct contexts) the units are per
+        # point, (N, P) numbers per evaluation: computed for the VJP stage by stage, and
+        # never for a forward solve, whose rows may be many (log_prob evaluates in blocks).
+        self.shared = self.closed_form_vjp and (context is None or self.groups is not None)
 
     @property
     def vjp_params(self) -> tuple[torch.Tensor, ...] | None:
@@ -59,14 +74,32 @@ class JointField:
         return tuple(self.dynamics.parameters()) if self.closed_form_vjp else None
 
     def vjp(self, t: torch.Tensor, y: torch.Tensor, a: torch.Tensor
-            ) -> tuple[torch.Tensor, torch.Tensor, object]:
+            ) -> tuple[torch.Tensor, torch.Tensor, list]:
         """The field, ``aᵀ ∂field/∂y`` and a partial for :meth:`param_vjp`, in closed form."""
-        return self._vjp(self._units(t[None])[0], y, a)
+        return _JointFieldAt(self, self._units(t[None])[0]).vjp(y, a)
 
-    def _units(self, ts: torch.Tensor) -> list:
-        """The dynamics' units at each time in ``ts``."""
-        return self.dynamics.units(ts[:, None].to(self.dynamics.hyper[0].weight.dtype),
-                                   self.context)
+    def _units(self, ts: torch.Tensor) -> list[list]:
+        """The dynamics' units at each time in ``ts``: one per group of rows (all rows
+        without a context; per point with many distinct contexts)."""
+        x = ts[:, None].to(self.dynamics.hyper[0].weight.dtype)
+        if self.groups is None:
+            return [[unit] for unit in self.dynamics.units(x, self.context)]
+        values = self.groups[0]
+        g = len(values)
+        units = self.dynamics.units(torch.cat(
+            [x.repeat_interleave(g, 0), values.to(x.dtype).repeat(len(ts), 1)], 1))
+        return [units[i * g: (i + 1) * g] for i in range(len(ts))]
+
+    def _split(self, y: torch.Tensor) -> list[torch.Tensor]:
+        """The rows of ``y`` of each group."""
+        if self.groups is None or len(self.groups[2]) == 1:
+            return [y]
+        _, order, counts, _ = self.groups
+        return list(torch.split(y[order], counts))
+
+    def _merge(self, parts: list[torch.Tensor]) -> torch.Tensor:
+        """The inverse of :meth:`_split`."""
+        return parts[0] if len(parts) == 1 else torch.cat(parts)[self.groups[3]]
 
     def _vjp(self, unit, y: torch.Tensor, a: torch.Tensor
              ) -> tuple[torch.Tensor, torch.Tensor, object]:
@@ -75,14 +108,17 @@ class JointField:
         # No column depends on the log-density: its cotangent is zero.
         return torch.cat([dz, dlogp[:, None]], 1), nn.functional.pad(a_z, (0, 1)), partial
 
-    def param_vjp(self, partials: list, weights: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return self.dynamics.param_vjp(partials, weights)
+    def param_vjp(self, partials: list[list], weights: torch.Tensor
+                  ) -> tuple[torch.Tensor, ...]:
+        # Each evaluation's partial holds one entry per group, all with its weight.
+        return self.dynamics.param_vjp([q for p in partials for q in p],
+                                       weights.repeat_interleave(len(partials[0])))
 
     def at_times(self, ts: torch.Tensor) -> list[_JointFieldAt] | None:
         """The field at each time in ``ts``, the hypernetwork evaluated once for all."""
         if not self.shared:
             return None
-        return [_JointFieldAt(self, unit) for unit in self._units(ts)]
+        return [_JointFieldAt(self, units) for units in self._units(ts)]
 
     def __call__(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if self.shared:
@@ -143,24 +179,32 @@ class JointField:
 
 
 class _JointFieldAt:
-    """A :class:`JointField` at one time, with the units its hypernetwork gave there."""
+    """A :class:`JointField` at one time, with the units its hypernetwork gave there (one
+    per group of rows)."""
 
-    def __init__(self, field: JointField, unit):
-        self.field, self.unit = field, unit
+    def __init__(self, field: JointField, units: list):
+        self.field, self.units = field, units
 
     def __call__(self, y: torch.Tensor) -> torch.Tensor:
-        block = self.field.block
-        if block is None or len(y) <= block or torch.is_grad_enabled():
-            return self._rows(y)
-        # In row blocks, as JointField._blocks does (no noise or context here).
-        return torch.cat([self._rows(y[i: i + block]) for i in range(0, len(y), block)])
+        field = self.field
+        return field._merge([self._rows(unit, rows)
+                             for unit, rows in zip(self.units, field._split(y))])
 
-    def _rows(self, y: torch.Tensor) -> torch.Tensor:
-        dz, dlogp = self.field.dynamics.joint(self.unit, y[:, : self.field.dim])
+    def _rows(self, unit, y: torch.Tensor) -> torch.Tensor:
+        block = self.field.block
+        if block is not None and len(y) > block and not torch.is_grad_enabled():
+            # In row blocks, as JointField.__call__ does.
+            return torch.cat([self._rows(unit, y[i: i + block])
+                              for i in range(0, len(y), block)])
+        dz, dlogp = self.field.dynamics.joint(unit, y[:, : self.field.dim])
         return torch.cat([dz, dlogp[:, None]], 1)
 
-    def vjp(self, y: torch.Tensor, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, object]:
-        return self.field._vjp(self.unit, y, a)
+    def vjp(self, y: torch.Tensor, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list]:
+        field = self.field
+        parts = [field._vjp(unit, rows, cotangent) for unit, rows, cotangent in
+                 zip(self.units, field._split(y), field._split(a))]
+        return (field._merge([p[0] for p in parts]), field._merge([p[1] for p in parts]),
+                [p[2] for p in parts])
 
 
 class CNF(Flow):
