@@ -258,17 +258,19 @@ def test_row_blocks_give_the_same_solve(kind):
 
 # --- the joint field's own VJP -----------------------------------------------------
 
+@pytest.mark.parametrize("kinetic", [False, True])
 @pytest.mark.parametrize("context_dim", [0, 2])
-def test_gated_joint_vjp_equals_autograd(context_dim):
+def test_gated_joint_vjp_equals_autograd(context_dim, kinetic):
     """The closed forms against autograd through the field, with units shared by all points
-    and with per-point ones (a context): the field, the state cotangent and the weighted
-    parameter cotangents of two evaluations, to float64 rounding."""
+    and with per-point ones (a context), with and without the kinetic-energy column: the
+    field, the state cotangent and the weighted parameter cotangents of two evaluations, to
+    float64 rounding."""
     dynamics = small_gated(context_dim=context_dim)
     context = torch.randn(9, context_dim, dtype=F64) if context_dim else None
-    field = JointField(dynamics, 2, "closed_form", context=context)
+    field = JointField(dynamics, 2, "closed_form", context=context, kinetic=kinetic)
     params = tuple(dynamics.parameters())
     assert field.vjp_params == params
-    y, a = torch.randn(9, 3, dtype=F64), torch.randn(9, 3, dtype=F64)
+    y, a = torch.randn(9, 3 + kinetic, dtype=F64), torch.randn(9, 3 + kinetic, dtype=F64)
     ts = torch.tensor([0.3, -0.8], dtype=F64)
     stages = field.at_times(ts)
     # Stage-time batching needs units shared by all points.
@@ -276,6 +278,8 @@ def test_gated_joint_vjp_equals_autograd(context_dim):
     partials, expected = [], []
     for k, t in enumerate(ts):
         f, a_y, partial = field.vjp(t, y, a)
+        # The field through forward_with_trace, which no closed-form path uses.
+        torch.testing.assert_close(f, field._rows(t, y, None, context), rtol=0, atol=1e-14)
         with torch.enable_grad():
             leaf = y.clone().requires_grad_(True)
             reference = field(t, leaf)
@@ -295,12 +299,14 @@ def test_gated_joint_vjp_equals_autograd(context_dim):
                                    rtol=0, atol=1e-13)
 
 
-def test_conditional_adjoint_takes_the_closed_form_and_matches_direct():
-    """A conditional gated CNF's training gradient: the adjoint through the closed-form VJP
-    (autograd's VJP is never called) equals backpropagation through the steps; a context
-    that itself requires a gradient falls back to autograd and gets its gradient."""
+@pytest.mark.parametrize("kinetic", [0.0, 0.5])
+def test_conditional_adjoint_takes_the_closed_form_and_matches_direct(kinetic):
+    """A conditional gated CNF's training gradient, with and without the kinetic
+    regulariser: the adjoint through the closed-form VJP (autograd's VJP is never called)
+    equals backpropagation through the steps; a context that itself requires a gradient
+    falls back to autograd and gets its gradient."""
     flow = CNF(GatedHyperDynamics(2, 8, 8, context_dim=2), 2, context_dim=2, rtol=1e-10,
-               atol=1e-10).double()
+               atol=1e-10, kinetic=kinetic).double()
     _randomize(flow.dynamics, 0.4)
     generator = torch.Generator().manual_seed(1)
     x, c = (torch.randn(6, 2, dtype=F64, generator=generator) for _ in range(2))
@@ -310,7 +316,8 @@ def test_conditional_adjoint_takes_the_closed_form_and_matches_direct():
         flow.gradient = mode
         with mock.patch.object(_AutogradVJP, "__call__",
                                side_effect=AssertionError("autograd VJP")):
-            grads[mode] = torch.autograd.grad(-flow.log_prob(x, c).sum(), params)
+            loss = -flow.log_prob(x, c).sum() + flow.regularization()
+            grads[mode] = torch.autograd.grad(loss, params)
     for adjoint, direct in zip(grads["adjoint"], grads["direct"], strict=True):
         # Both are the exact gradient up to the solver tolerance 1e-10.
         torch.testing.assert_close(adjoint, direct, rtol=1e-6, atol=1e-8)

@@ -46,8 +46,9 @@ class JointField:
         self.kinetic, self.jacobian, self.block = kinetic, jacobian, block
         self.inputs_need_grad = any(p.requires_grad for p in dynamics.parameters()) or (
             context is not None and context.requires_grad)
-        # The closed-form VJP needs a closed-form trace and no regularisers.
-        self.closed_form_vjp = (trace == "closed_form" and not (kinetic or jacobian)
+        # The closed-form VJP needs a closed-form trace; of the regularisers it covers the
+        # kinetic energy (a function of f alone), not the Jacobian's Frobenius norm.
+        self.closed_form_vjp = (trace == "closed_form" and not jacobian
                                 and hasattr(dynamics, "joint_vjp"))
         # Rows of equal context share their units. With few distinct contexts (a label, or
         # one context broadcast over a sample) each group of rows takes the shared path:
@@ -104,9 +105,12 @@ class JointField:
     def _vjp(self, unit, y: torch.Tensor, a: torch.Tensor
              ) -> tuple[torch.Tensor, torch.Tensor, object]:
         d = self.dim
-        dz, dlogp, a_z, partial = self.dynamics.joint_vjp(unit, y[:, :d], a[:, :d], a[:, d])
-        # No column depends on the log-density: its cotangent is zero.
-        return torch.cat([dz, dlogp[:, None]], 1), nn.functional.pad(a_z, (0, 1)), partial
+        dz, dlogp, a_z, partial = self.dynamics.joint_vjp(
+            unit, y[:, :d], a[:, :d], a[:, d], a[:, d + 1] if self.kinetic else None)
+        columns = [dz, dlogp[:, None]] + ([dz.pow(2).sum(1, keepdim=True)] if self.kinetic
+                                          else [])
+        # No column depends on the log-density or the kinetic energy: their cotangents are 0.
+        return torch.cat(columns, 1), nn.functional.pad(a_z, (0, len(columns) - 1)), partial
 
     def param_vjp(self, partials: list[list], weights: torch.Tensor
                   ) -> tuple[torch.Tensor, ...]:
@@ -197,6 +201,8 @@ class _JointFieldAt:
             return torch.cat([self._rows(unit, y[i: i + block])
                               for i in range(0, len(y), block)])
         dz, dlogp = self.field.dynamics.joint(unit, y[:, : self.field.dim])
+        if self.field.kinetic:
+            return torch.cat([dz, dlogp[:, None], dz.pow(2).sum(1, keepdim=True)], 1)
         return torch.cat([dz, dlogp[:, None]], 1)
 
     def vjp(self, y: torch.Tensor, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list]:

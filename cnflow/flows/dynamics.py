@@ -148,28 +148,33 @@ class GatedHyperDynamics(nn.Module):
         return (unit.gated_t @ h.t()).t(), (h * h) @ unit.s - unit.s_sum
 
     def joint_vjp(self, unit: _Unit, z: torch.Tensor, a_z: torch.Tensor,
-                  a_logp: torch.Tensor) -> tuple[torch.Tensor, ...]:
+                  a_logp: torch.Tensor, a_kinetic: torch.Tensor | None = None
+                  ) -> tuple[torch.Tensor, ...]:
         """:meth:`joint`, and ``∂(a_z·f + a_logp·d log p/dt)/∂z`` in closed form, with a
         partial for :meth:`param_vjp`.
 
         With ``h = tanh(Wz + b)``, ``s_m = u_m·w_m`` and ``d log p/dt = Σ_m (h_m² − 1) s_m``,
         the cotangent of ``h`` is ``a_z Uᵀ + 2 a_logp h s``; ``z`` gets it through
-        ``(1 − h²)`` and ``W``.
+        ``(1 − h²)`` and ``W``. With ``a_kinetic``, the cotangent of the kinetic energy
+        ``‖f‖²`` joins ``a_z`` as ``2 a_kinetic f``: ``f`` is the only path it takes.
         """
         if unit.per_point:
             h = _tanh(torch.einsum("nmd,nd->nm", unit.w_t, z) + unit.b)
-            hh = h * h
-            slope = 1 - hh
-            g = (torch.einsum("nd,nmd->nm", a_z, unit.gated_t)
-                 .addcmul_(h * unit.s, a_logp[:, None], value=2).mul_(slope))
-            return (torch.einsum("nm,nmd->nd", h, unit.gated_t),
-                    (hh * unit.s).sum(1) - unit.s_sum,
-                    torch.einsum("nm,nmd->nd", g, unit.w_t), (unit, z, h, slope, g, a_z, a_logp))
-        h = _tanh_affine(unit.b, z, unit.w_t)
+            f = torch.einsum("nm,nmd->nd", h, unit.gated_t)
+        else:
+            h = _tanh_affine(unit.b, z, unit.w_t)
+            f = (unit.gated_t @ h.t()).t()
+        if a_kinetic is not None:
+            a_z = torch.addcmul(a_z, f, a_kinetic[:, None], value=2)
         hh = h * h
         slope = 1 - hh
+        if unit.per_point:
+            g = (torch.einsum("nd,nmd->nm", a_z, unit.gated_t)
+                 .addcmul_(h * unit.s, a_logp[:, None], value=2).mul_(slope))
+            return (f, (hh * unit.s).sum(1) - unit.s_sum,
+                    torch.einsum("nm,nmd->nd", g, unit.w_t), (unit, z, h, slope, g, a_z, a_logp))
         g = (a_z @ unit.gated_t).addcmul_(h * unit.s, a_logp[:, None], value=2).mul_(slope)
-        return ((unit.gated_t @ h.t()).t(), hh @ unit.s - unit.s_sum, (unit.w_t @ g.t()).t(),
+        return (f, hh @ unit.s - unit.s_sum, (unit.w_t @ g.t()).t(),
                 (unit, z, h, slope, g, a_z, a_logp))
 
     def param_vjp(self, partials: list[tuple], weights: torch.Tensor
