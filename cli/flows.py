@@ -18,6 +18,7 @@ from cnflow.cli.options import FRACTION, NON_NEGATIVE, POSITIVE
 import toydata
 from cnflow.density import (
     DEFAULT_FINETUNE,
+    DEFAULT_FINETUNE_LR,
     DEFAULT_ITERATIONS,
     DEFAULT_OBJECTIVE,
     DYNAMICS,
@@ -149,8 +150,10 @@ class RankFailure(click.ClickException):
 @click.option("--finetune", type=click.IntRange(0), default=None,
               help="Maximum-likelihood steps after flow matching  [default: "
                    + ", ".join(f"{n} for {k} data" for k, n in DEFAULT_FINETUNE.items()) + "]")
-@click.option("--finetune-lr", type=POSITIVE, default=_default("finetune_lr"),
-              show_default=True, help="Learning rate of the fine-tune.")
+@click.option("--finetune-lr", type=POSITIVE, default=None,
+              help="Learning rate of the fine-tune  [default: "
+                   + ", ".join(f"{r:g} for {k} data" for k, r in DEFAULT_FINETUNE_LR.items())
+                   + "]")
 @click.option("--val", "val", type=click.Path(dir_okay=False), default=None,
               help="Validation rows from this file instead of a split of DATA.")
 @click.option("--val-fraction", type=FRACTION, default=_default("val_fraction"),

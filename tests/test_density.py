@@ -14,14 +14,18 @@ from cli_checks import TINY_FIT, check_run_folder
 from click.testing import CliRunner
 from cnflow.cli.main import cli
 
-from cnflow.density import DEFAULT_FINETUNE, DEFAULT_ITERATIONS, FitConfig
+from cnflow.density import DEFAULT_FINETUNE, DEFAULT_FINETUNE_LR, DEFAULT_ITERATIONS, FitConfig
 
 
 @pytest.mark.parametrize("objective", ["fm", "otfm"])
 def test_flow_matching_on_builtin_data_defaults_to_a_maximum_likelihood_fine_tune(objective):
     config = FitConfig(dataset="two_moons", objective=objective)
-    assert config.iterations == DEFAULT_ITERATIONS["flow matching"] == 1000
-    assert config.finetune == DEFAULT_FINETUNE["builtin"] == 300
+    assert config.iterations == DEFAULT_ITERATIONS["flow matching before a fine-tune"] == 300
+    assert config.finetune == DEFAULT_FINETUNE["builtin"] == 400
+    assert config.finetune_lr == DEFAULT_FINETUNE_LR["builtin"] == 5e-3
+    # Without a fine-tune flow matching runs longer; a given rate is kept.
+    alone = FitConfig(dataset="two_moons", objective=objective, finetune=0, finetune_lr=0.1)
+    assert (alone.iterations, alone.finetune_lr) == (DEFAULT_ITERATIONS["flow matching"], 0.1)
 
 
 def test_maximum_likelihood_and_files_have_no_fine_tune_by_default(tmp_path):
@@ -29,7 +33,9 @@ def test_maximum_likelihood_and_files_have_no_fine_tune_by_default(tmp_path):
     assert (mle.objective, mle.iterations, mle.finetune) == ("mle", 800, 0)
     table = tmp_path / "t.csv"
     table.write_text("a,b\n1,2\n")
-    assert FitConfig(dataset=str(table), objective="otfm").finetune == DEFAULT_FINETUNE["file"] == 0
+    on_file = FitConfig(dataset=str(table), objective="otfm")
+    assert on_file.finetune == DEFAULT_FINETUNE["file"] == 0
+    assert on_file.finetune_lr == DEFAULT_FINETUNE_LR["file"] == 3e-3
 
 
 # ------------------------------------------------------------------ the resume rule

@@ -13,6 +13,7 @@ from cnflow.cli.options import build_config
 from cnflow.density import FitConfig
 from cnflow.experiments.flow_matching.config import (
     COMMAND,
+    CONTROL_VARIANT,
     TWO_D_VARIANTS,
     FlowMatchingBenchConfig,
 )
@@ -45,6 +46,12 @@ def test_each_measurement_is_cnflow_fit_with_the_configs_overrides():
     assert tiny.two_d_settings("mle")["objective"] == "mle"
     assert "finetune" not in tiny.two_d_settings("mle")
     assert "finetune" not in default.two_d_settings("otfm + fine-tune")  # the command's own
+    # The control is the fine-tune's schedule alone: its steps follow the fine-tune's.
+    control = FitConfig(**default.two_d_settings(CONTROL_VARIANT))
+    goal = FitConfig(**default.two_d_settings("otfm + fine-tune"))
+    assert (control.objective, control.iterations, control.lr, control.batch_size) == \
+        ("mle", goal.finetune, goal.finetune_lr, 512)
+    assert tiny.two_d_settings(CONTROL_VARIANT)["iterations"] == 5
     assert FitConfig(**default.anchor_settings(0)).iterations == 2000
     anchor = FitConfig(**tiny.anchor_settings(3))
     assert (anchor.objective, anchor.finetune, anchor.seed, anchor.iterations) == \
@@ -80,9 +87,18 @@ def test_the_2d_section_states_the_goal_on_every_seed_and_the_settings():
         "21.0 | not reached | 2000 | 26 |" in text
     assert "every seed): met.** seed 0: +0.020 nats in 21.0 CPU s (met); seed 1: +0.040 " \
         "nats in 24.0 CPU s (met)." in text and "![learning curves](fig.png)" in text
+    assert "Control" not in text
     missed = [goal[0], _two_d("two_moons", "otfm + fine-tune", 0.09, 24.0, seed=2)]
     text = "\n".join(two_d_section(rows, missed, "fig.png"))
     assert "every seed): not met (1 of 2 seeds).**" in text and "+0.090 nats" in text
+    # The control on the goal's seeds: what flow matching bought, per seed and on average.
+    control = [_two_d("two_moons", CONTROL_VARIANT, 0.05, 18.0),
+               _two_d("two_moons", CONTROL_VARIANT, 0.03, 19.0, seed=1)]
+    text = "\n".join(two_d_section(rows, goal + control, "fig.png"))
+    assert "every seed): met." in text  # the control does not count for the goal
+    assert "seed 0: +0.050 nats in 18.0 CPU s; seed 1: +0.030 nats in 19.0 CPU s. The " \
+        "control minus otfm + fine-tune, mean over these seeds: +0.010 nats" in text
+    assert "and -4.0 CPU s." in text
 
 
 def test_the_anchor_section_compares_the_matchers():

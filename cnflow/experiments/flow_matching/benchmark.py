@@ -16,8 +16,8 @@ from cnflow.experiments.flow_matching.config import (
     ASSIGNMENT_REPEATS,
     ASSIGNMENT_SIZES,
     COMMAND,
-    GOAL_VARIANT,
     NAME,
+    SEEDED_VARIANTS,
     TABULAR_MODELS,
     TWO_D_SETS,
     TWO_D_VARIANTS,
@@ -68,19 +68,19 @@ def run(config: FlowMatchingBenchConfig, out_dir: str | Path, *,
     with pool(config.jobs) as workers:
         futures = [workers.submit(two_d_run, d, v, config.two_d_settings(v), str(work), reuse)
                    for d in TWO_D_SETS for v in TWO_D_VARIANTS]
-        goal_futures = [workers.submit(two_d_run, "two_moons", GOAL_VARIANT,
-                                       {**config.two_d_settings(GOAL_VARIANT), "seed": seed},
-                                       str(work), reuse)
-                        for seed in config.seeds if seed != 0]
+        seeded_futures = [workers.submit(two_d_run, "two_moons", variant,
+                                         {**config.two_d_settings(variant), "seed": seed},
+                                         str(work), reuse)
+                          for variant in SEEDED_VARIANTS for seed in config.seeds if seed]
         conditional_future = workers.submit(conditional_run, config.conditional_rows,
                                             config.conditional_epochs, str(work), reuse)
         anchor_futures = [workers.submit(anchor_run, m, config.anchor_settings(seed),
                                          str(work), reuse)
                           for m in ANCHOR_MATCHERS for seed in config.anchor_seeds]
         two_d = [f.result() for f in futures]
-        goal_runs = [r for r in two_d if r["dataset"] == "two_moons"
-                     and r["variant"] == GOAL_VARIANT and 0 in config.seeds]
-        goal_runs += [f.result() for f in goal_futures]
+        seeded = [r for r in two_d if r["dataset"] == "two_moons"
+                  and r["variant"] in SEEDED_VARIANTS and 0 in config.seeds]
+        seeded += [f.result() for f in seeded_futures]
         conditional = conditional_future.result()
         anchor = [f.result() for f in anchor_futures]
     for r in two_d:
@@ -100,7 +100,7 @@ def run(config: FlowMatchingBenchConfig, out_dir: str | Path, *,
               "field evaluation per point and step, no ODE solve. `otfm` pairs noise and data "
               "by the minibatch's exact optimal-transport assignment. After any objective the "
               "reported NLL is the exact likelihood (exact trace, eval tolerance)."), "",
-             *two_d_section(two_d, goal_runs, f"{out.name}/{FIGURE}"), *tabular_section(tab_config, tab_results),
+             *two_d_section(two_d, seeded, f"{out.name}/{FIGURE}"), *tabular_section(tab_config, tab_results),
              *defaults_section(two_d, tab_config, tab_results),
              *conditional_section(conditional, f"{out.name}/{CONDITIONAL_FIGURE}"), *anchor_section(anchor),
              *timing_section(timing),
@@ -109,7 +109,7 @@ def run(config: FlowMatchingBenchConfig, out_dir: str | Path, *,
               f"at the start; {(time.time() - start) / 60:.0f} min wall (cached tabular "
               "fits reused)."), ""]
     result = {"config": asdict(config), "command": command, "two_d": two_d,
-              "goal_runs": goal_runs,
+              "seeded_runs": seeded,
               "conditional": conditional, "anchor": anchor, "assignment_ms": timing,
               "tabular_fits": list(tab_results.values()), "environment": env}
     write_text("\n".join(lines), report_beside(out))

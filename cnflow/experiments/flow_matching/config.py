@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from cnflow.density import DEFAULT_OBJECTIVE, FitConfig
+from cnflow.density import DEFAULT_FINETUNE, DEFAULT_FINETUNE_LR, DEFAULT_OBJECTIVE, FitConfig
 from cnflow.experiments.tabular.config import SETS as TABULAR_SETS
 from cnflow.validation import check_choices, check_float, check_int, check_ints
 
@@ -16,15 +16,20 @@ COMMAND = ("cnflow", "benchmark", "flow-matching")
 TWO_D_SETS = ("two_moons", "two_circles")
 #: FitConfig overrides of each 2-D variant; every other setting is `cnflow fit`'s default.
 #: "otfm + fine-tune" is `cnflow fit NAME --objective otfm` as it stands (its fine-tune
-#: length the config's ``finetune``, or the command's default).
+#: length the config's ``finetune``, or the command's default). The control is that
+#: fine-tune's schedule alone, from the initial weights: what the flow-matching phase buys.
+GOAL_VARIANT = "otfm + fine-tune"
+CONTROL_VARIANT = "mle, the fine-tune alone"
 TWO_D_VARIANTS: dict[str, dict[str, Any]] = {
     "mle": {"objective": "mle"},
     "fm": {"objective": "fm", "finetune": 0},
     "otfm": {"objective": "otfm", "finetune": 0},
-    "otfm + fine-tune": {"objective": "otfm"},
+    GOAL_VARIANT: {"objective": "otfm"},
+    CONTROL_VARIANT: {"objective": "mle", "iterations": DEFAULT_FINETUNE["builtin"],
+                      "lr": DEFAULT_FINETUNE_LR["builtin"]},
 }
-#: The variant the 2-D goal is about, run once per seed of ``seeds`` on two_moons.
-GOAL_VARIANT = "otfm + fine-tune"
+#: The variants run once per seed of ``seeds`` on two_moons: the goal's, and its control.
+SEEDED_VARIANTS = (GOAL_VARIANT, CONTROL_VARIANT)
 #: The anchor's protocol: torchcfm's matcher against cnflow's otfm, this many steps each.
 ANCHOR_ITERATIONS = 2000
 #: The tabular section's models: cnflow_mle only where the default is not already maximum
@@ -61,8 +66,8 @@ class FlowMatchingBenchConfig:
         jobs: runs in parallel, one thread each.
         iterations: training steps of each 2-D fit and anchor fit; None for cnflow fit's
             default of its objective.
-        finetune: maximum-likelihood steps of the 2-D otfm + fine-tune; None for cnflow
-            fit's default.
+        finetune: maximum-likelihood steps of the 2-D otfm + fine-tune, and the steps of
+            its control; None for cnflow fit's default.
         val_size, test_size: validation and test points of each 2-D fit.
         anchor_seeds: seeds of the torchcfm anchor (one fit per seed and matcher).
         conditional_rows: labelled two-moons rows of the conditional fit.
@@ -100,10 +105,13 @@ class FlowMatchingBenchConfig:
         """The FitConfig overrides of one 2-D variant's fit."""
         settings = {**TWO_D_VARIANTS[variant], "val_size": self.val_size,
                     "test_size": self.test_size}
-        if variant == GOAL_VARIANT and self.finetune is not None:
-            settings["finetune"] = self.finetune
-        if self.iterations is not None:
+        if self.iterations is not None and variant != CONTROL_VARIANT:
             settings["iterations"] = self.iterations
+        if self.finetune is not None:
+            if variant == GOAL_VARIANT:
+                settings["finetune"] = self.finetune
+            elif variant == CONTROL_VARIANT:
+                settings["iterations"] = self.finetune
         return settings
 
     def anchor_settings(self, seed: int) -> dict[str, Any]:
