@@ -50,8 +50,9 @@ DEFAULTS_REASON = (
     "matching alone ends far from the floor in 2-D, and even with its fine-tune it ends "
     "further from the floor than maximum likelihood; on the tables maximum likelihood has "
     "the lowest NLL on most sets. In 2-D a flow-matching objective gets the fine-tune by "
-    "default, because that takes it most of the way to the floor at a fraction of the "
-    "time; otfm + fine-tune is the fast option where its numbers above suffice.")
+    "default, because flow matching alone ends far from the floor and the fine-tune takes it "
+    "most of the way; the control row (the same fine-tune from the initial weights, no flow "
+    "matching) shows how much of that the flow-matching phase contributes.")
 
 
 @dataclass
