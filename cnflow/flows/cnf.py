@@ -107,10 +107,17 @@ class JointField:
         d = self.dim
         dz, dlogp, a_z, partial = self.dynamics.joint_vjp(
             unit, y[:, :d], a[:, :d], a[:, d], a[:, d + 1] if self.kinetic else None)
-        columns = [dz, dlogp[:, None]] + ([dz.pow(2).sum(1, keepdim=True)] if self.kinetic
-                                          else [])
         # No column depends on the log-density or the kinetic energy: their cotangents are 0.
-        return torch.cat(columns, 1), nn.functional.pad(a_z, (0, len(columns) - 1)), partial
+        return (self._closed_form_columns(dz, dlogp),
+                nn.functional.pad(a_z, (0, 1 + self.kinetic)), partial)
+
+    def _closed_form_columns(self, dz: torch.Tensor, dlogp: torch.Tensor) -> torch.Tensor:
+        """The joint state's derivative from the closed forms: ``f``, ``d log p/dt`` and,
+        with the kinetic regulariser, ``‖f‖²``."""
+        columns = [dz, dlogp[:, None]]
+        if self.kinetic:
+            columns.append(dz.pow(2).sum(1, keepdim=True))
+        return torch.cat(columns, 1)
 
     def param_vjp(self, partials: list[list], weights: torch.Tensor
                   ) -> tuple[torch.Tensor, ...]:
@@ -200,10 +207,8 @@ class _JointFieldAt:
             # In row blocks, as JointField.__call__ does.
             return torch.cat([self._rows(unit, y[i: i + block])
                               for i in range(0, len(y), block)])
-        dz, dlogp = self.field.dynamics.joint(unit, y[:, : self.field.dim])
-        if self.field.kinetic:
-            return torch.cat([dz, dlogp[:, None], dz.pow(2).sum(1, keepdim=True)], 1)
-        return torch.cat([dz, dlogp[:, None]], 1)
+        return self.field._closed_form_columns(
+            *self.field.dynamics.joint(unit, y[:, : self.field.dim]))
 
     def vjp(self, y: torch.Tensor, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list]:
         field = self.field
